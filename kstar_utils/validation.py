@@ -1,0 +1,140 @@
+"""Every input check of the k* engine in one place.
+
+Each check raises :class:`KStarInputError` with one line that names the problem and the fix, so that the command
+line can print it as it is and a notebook user knows what to change. Nothing here silently repairs data: a NaN in a
+feature row is an error, not a row to drop, because a dropped row changes every other sample's k*.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+METRICS = ("euclidean", "cosine")
+METHODS = ("auto", "exact", "ann")
+MIN_CLASS_SIZE_WITHOUT_WARNING = 3
+
+
+class KStarInputError(ValueError):
+    """Bad input to the k* engine; the message names the problem and the fix."""
+
+
+class SmallClassWarning(UserWarning):
+    """A class has so few samples that its skewness says little."""
+
+
+@dataclass(frozen=True)
+class CheckedInput:
+    """Validated inputs: float64 features (N, D), integer class codes (N,) and the sorted class labels."""
+
+    features: np.ndarray
+    codes: np.ndarray
+    classes: np.ndarray
+
+
+def _row_list(rows: np.ndarray, limit: int = 10) -> str:
+    shown = ", ".join(str(int(r)) for r in rows[:limit])
+    return shown + (f", ... ({len(rows)} rows in all)" if len(rows) > limit else "")
+
+
+def to_numpy_features(features: Any) -> np.ndarray:
+    """Return ``features`` as a float64 numpy array, accepting numpy arrays, torch tensors and nested lists."""
+    if hasattr(features, "detach") and hasattr(features, "cpu"):  # a torch tensor, on any device
+        features = features.detach().cpu()
+        if str(features.dtype) in ("torch.bfloat16", "torch.float16"):
+            features = features.float()  # numpy has no bfloat16; float32 holds both exactly
+        features = features.numpy()
+    array = np.asarray(features)
+    if array.dtype == object or not (
+        np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.bool_)
+    ):
+        raise KStarInputError(
+            f"features must be numeric, got dtype {array.dtype}; convert them to a float array "
+            "(e.g. np.asarray(x, dtype=np.float32)) before computing k*."
+        )
+    if np.issubdtype(array.dtype, np.complexfloating):
+        raise KStarInputError("features are complex numbers; k* needs real features (take .real or the modulus).")
+    return array.astype(np.float64, copy=False)
+
+
+def to_numpy_labels(labels: Any) -> np.ndarray:
+    """Return labels as a 1-D numpy array of ints or strings."""
+    if hasattr(labels, "detach") and hasattr(labels, "cpu"):
+        labels = labels.detach().cpu().numpy()
+    array = np.asarray(labels)
+    if array.dtype == object:
+        array = np.asarray([str(v) for v in array.ravel()]).reshape(array.shape)
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.all(np.isfinite(array)) or not np.all(array == np.round(array)):
+            raise KStarInputError(
+                "labels are floats that are not whole numbers (or NaN); pass integer class ids or class names."
+            )
+        array = array.astype(np.int64)
+    return array
+
+
+def check_inputs(features: Any, labels: Any, metric: str = "euclidean") -> CheckedInput:
+    """Validate features and labels for k* and return them in the engine's form.
+
+    Raises KStarInputError for: non-numeric, 1-D, empty or non-finite features (naming the rows), a length mismatch,
+    fewer than two classes, an unknown metric, and zero vectors under the cosine metric. Warns (SmallClassWarning)
+    for classes with fewer than three samples.
+    """
+    if metric not in METRICS:
+        raise KStarInputError(f"unknown metric {metric!r}; use one of {', '.join(METRICS)}.")
+    x = to_numpy_features(features)
+    if x.ndim != 2:
+        raise KStarInputError(
+            f"features must be a 2-D array (N samples x D dimensions), got shape {x.shape}; "
+            "reshape with x.reshape(len(x), -1) if each sample is an image or a 1-D vector per sample."
+        )
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise KStarInputError(f"features are empty (shape {x.shape}); pass at least two samples with one dimension.")
+    bad_rows = np.flatnonzero(~np.isfinite(x).all(axis=1))
+    if bad_rows.size:
+        raise KStarInputError(
+            f"features hold NaN or inf in rows {_row_list(bad_rows)}; fix or remove those samples "
+            "(and their labels) before computing k*."
+        )
+    y = to_numpy_labels(labels)
+    if y.ndim != 1:
+        raise KStarInputError(f"labels must be 1-D (one label per sample), got shape {y.shape}.")
+    if len(y) != len(x):
+        raise KStarInputError(
+            f"features have {len(x)} rows but labels have {len(y)} entries; pass one label per feature row."
+        )
+    classes, codes = np.unique(y, return_inverse=True)
+    if len(classes) < 2:
+        raise KStarInputError(
+            f"k* needs at least two classes, got only {classes.tolist()!r}; "
+            "a sample's k* is the rank of its nearest neighbour from another class."
+        )
+    counts = np.bincount(codes, minlength=len(classes))
+    small = classes[counts < MIN_CLASS_SIZE_WITHOUT_WARNING]
+    if len(small):
+        warnings.warn(
+            f"classes {small.tolist()!r} have fewer than {MIN_CLASS_SIZE_WITHOUT_WARNING} samples; "
+            "their k* skewness is not meaningful (evaluate more samples per class).",
+            SmallClassWarning,
+            stacklevel=3,
+        )
+    if metric == "cosine":
+        norms = np.linalg.norm(x, axis=1)
+        zero = np.flatnonzero(norms == 0)
+        if zero.size:
+            raise KStarInputError(
+                f"rows {_row_list(zero)} are zero vectors, which have no direction under the cosine metric; "
+                "remove them or use metric='euclidean'."
+            )
+        x = x / norms[:, None]
+    return CheckedInput(features=x, codes=codes.astype(np.int64), classes=classes)
+
+
+def check_choice(name: str, value: str, choices: tuple[str, ...]) -> str:
+    """Return ``value`` if it is one of ``choices``; raise a KStarInputError naming the options otherwise."""
+    if value not in choices:
+        raise KStarInputError(f"unknown {name} {value!r}; use one of {', '.join(choices)}.")
+    return value

@@ -1,0 +1,38 @@
+"""Test-wide settings: offline hubs, a numba cache, and helpers shared by the test modules."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("NUMBA_CACHE_DIR", str(Path.home() / ".cache" / "kstar-numba"))
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+from kstar_utils.validation import SmallClassWarning  # noqa: E402
+
+REQUIRE_SYSTEM_DEPS = os.environ.get("KSTAR_REQUIRE_SYSTEM_DEPS") == "1"
+
+
+def require_or_skip(available: bool, what: str) -> None:
+    """Skip a test whose system dependency is missing, except in CI, where .ci/run installs it and it must run."""
+    if not available:
+        if REQUIRE_SYSTEM_DEPS:
+            pytest.fail(f"{what} is missing although KSTAR_REQUIRE_SYSTEM_DEPS=1 (.ci/run installs it)")
+        pytest.skip(f"{what} is not installed")
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(12345)
+
+
+@pytest.fixture(autouse=True)
+def _quiet_small_classes():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SmallClassWarning)
+        yield

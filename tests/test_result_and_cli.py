@@ -1,0 +1,127 @@
+"""KStarResult round trips, file formats and the `kstar compute` command line."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from kstar_utils import KStarResult, compute_kstar
+from kstar_utils.cli import main
+from kstar_utils.io import read_features, read_labels, write_result
+from kstar_utils.neighbours import brute_force_kstar
+
+
+@pytest.fixture
+def small_problem():
+    rng = np.random.default_rng(0)
+    x = np.vstack([rng.normal(size=(40, 4)), rng.normal(size=(40, 4)) + 1.5, 200 + rng.normal(size=(5, 4))])
+    y = np.array(["cat"] * 40 + ["dog"] * 40 + ["far"] * 5)
+    return x, y
+
+
+def test_result_round_trips_through_dict_and_json(small_problem):
+    x, y = small_problem
+    res = compute_kstar(x, y)
+    assert math.isinf(res.per_class.set_index("label").loc["far", "skew"])  # -inf survives too
+    for back in (KStarResult.from_dict(res.to_dict()), KStarResult.from_json(res.to_json())):
+        np.testing.assert_array_equal(back.kstar, res.kstar)
+        np.testing.assert_array_equal(back.kstar_norm, res.kstar_norm)
+        np.testing.assert_array_equal(back.labels, res.labels)
+        pd.testing.assert_frame_equal(back.per_class, res.per_class)
+        assert back.gamma_true == res.gamma_true and back.gamma_approx == res.gamma_approx
+        assert back.method == res.method and back.params == res.params
+    int_res = compute_kstar(x, np.repeat([0, 1, 2], [40, 40, 5]))
+    assert KStarResult.from_json(int_res.to_json()).labels.dtype.kind == "i"
+
+
+def test_result_json_is_strict(small_problem):
+    x, y = small_problem
+    json.loads(compute_kstar(x, y).to_json(), parse_constant=lambda c: pytest.fail(f"bare {c} in JSON"))
+
+
+@pytest.mark.parametrize("fmt", ["npy", "npz", "csv", "parquet"])
+def test_cli_round_trip_in_every_format(tmp_path, small_problem, fmt):
+    x, y = small_problem
+    fx, fy = tmp_path / f"features.{fmt}", tmp_path / f"labels.{fmt}"
+    if fmt == "npy":
+        np.save(fx, x), np.save(fy, y)
+    elif fmt == "npz":
+        np.savez(fx, features=x, other=np.zeros(2)), np.savez(fy, labels=y)
+    elif fmt == "csv":
+        pd.DataFrame(x, columns=[f"f{i}" for i in range(4)]).to_csv(fx, index=False)
+        pd.DataFrame({"label": y}).to_csv(fy, index=False)
+    else:
+        pd.DataFrame(x, columns=[f"f{i}" for i in range(4)]).to_parquet(fx)
+        pd.DataFrame({"label": y}).to_parquet(fy)
+    out = tmp_path / "out"
+    assert main(["compute", str(fx), str(fy), "--out", str(out), "--quiet"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    samples = pd.read_csv(out / "samples.csv")
+    assert list(samples.columns) == ["index", "label", "kstar", "kstar_norm"]
+    np.testing.assert_array_equal(samples["kstar"], brute_force_kstar(x, y))
+    assert summary["n_samples"] == 85 and summary["n_classes"] == 3
+    assert summary["params"]["metric"] == "euclidean" and "versions" in summary["params"]
+    assert [row["label"] for row in summary["per_class"]] == ["cat", "dog", "far"]
+    assert summary["per_class"][2]["skew"] == "-inf"
+
+
+def test_cli_headerless_csv_and_extract_folder(tmp_path, small_problem):
+    x, y = small_problem
+    np.savetxt(tmp_path / "f.csv", x, delimiter=",")
+    np.savetxt(tmp_path / "y.txt", np.repeat([0, 1, 2], [40, 40, 5]), fmt="%d")
+    assert read_features(tmp_path / "f.csv").shape == (85, 4)
+    assert read_labels(tmp_path / "y.txt").shape == (85,)
+    folder = tmp_path / "extract"
+    folder.mkdir()
+    np.save(folder / "features.npy", x.astype(np.float32))
+    np.save(folder / "labels.npy", np.repeat([0, 1, 2], [40, 40, 5]))
+    (folder / "classes.json").write_text(json.dumps(["cat", "dog", "far"]))
+    assert main(["compute", str(folder), "--out", str(tmp_path / "o"), "--quiet", "--metric", "cosine"]) == 0
+    assert json.loads((tmp_path / "o" / "summary.json").read_text())["per_class"][0]["label"] == "cat"
+
+
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [
+        (lambda d: (np.save(d / "f.npy", np.full((4, 2), np.nan)), np.save(d / "y.npy", [0, 1, 0, 1])), "NaN or inf"),
+        (lambda d: (np.save(d / "f.npy", np.ones((4, 2))), np.save(d / "y.npy", [0, 1, 0])), "4 rows but labels have 3"),
+        (lambda d: (np.save(d / "f.npy", np.ones((4, 2))), np.save(d / "y.npy", [1, 1, 1, 1])), "two classes"),
+        (lambda d: (np.save(d / "f.npy", np.ones(4)), np.save(d / "y.npy", [0, 1, 0, 1])), "2-D array"),
+        (lambda d: np.save(d / "y.npy", [0, 1]), "does not exist"),
+    ],
+)
+def test_cli_bad_input_exits_nonzero_with_one_line(tmp_path, capsys, setup, message):
+    setup(tmp_path)
+    code = main(["compute", str(tmp_path / "f.npy"), str(tmp_path / "y.npy"), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and err.startswith("kstar: error:") and message in err
+    assert not (tmp_path / "o" / "summary.json").exists()
+
+
+def test_console_script_help_documents_options():
+    top = subprocess.run([sys.executable, "-m", "kstar_utils.cli", "--help"], capture_output=True, text=True)
+    sub = subprocess.run([sys.executable, "-m", "kstar_utils.cli", "compute", "--help"], capture_output=True, text=True)
+    assert top.returncode == 0 and "compute" in top.stdout
+    for option in ("--metric", "--method", "--threshold", "--device", "--block-size", "--out", "--audit-size"):
+        assert option in sub.stdout
+
+
+def test_write_result_is_atomic_and_complete(tmp_path, small_problem):
+    x, y = small_problem
+    paths = write_result(compute_kstar(x, y), tmp_path, inputs={"features": "x"})
+    assert paths["summary"].exists() and paths["samples"].exists()
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_labels_file_of_words_without_header_keeps_every_label(tmp_path):
+    (tmp_path / "y.txt").write_text("cat\ndog\ncat\n")
+    (tmp_path / "z.csv").write_text("label,other\ncat,1\ndog,2\n")
+    assert read_labels(tmp_path / "y.txt").tolist() == ["cat", "dog", "cat"]
+    assert read_labels(tmp_path / "z.csv").tolist() == ["cat", "dog"]

@@ -1,0 +1,92 @@
+"""Every bad input gets a clear KStarInputError naming the problem and the fix."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from kstar_utils import KStarInputError, SmallClassWarning, compute_kstar
+
+
+def test_nan_and_inf_rows_are_named():
+    x = np.ones((6, 2))
+    x[2, 0] = np.nan
+    x[4, 1] = np.inf
+    with pytest.raises(KStarInputError, match=r"NaN or inf in rows 2, 4"):
+        compute_kstar(x, [0, 1, 0, 1, 0, 1])
+
+
+@pytest.mark.parametrize("x", [np.ones(5), np.ones((2, 2, 2))])
+def test_wrong_dimensionality(x):
+    with pytest.raises(KStarInputError, match="2-D array"):
+        compute_kstar(x, [0, 1, 0, 1, 0][: len(x)])
+
+
+def test_empty_features():
+    with pytest.raises(KStarInputError, match="empty"):
+        compute_kstar(np.ones((0, 3)), [])
+
+
+def test_length_mismatch():
+    with pytest.raises(KStarInputError, match="5 rows but labels have 4"):
+        compute_kstar(np.ones((5, 2)), [0, 1, 0, 1])
+
+
+def test_one_class():
+    with pytest.raises(KStarInputError, match="at least two classes"):
+        compute_kstar(np.random.default_rng(0).normal(size=(5, 2)), [3] * 5)
+
+
+def test_non_numeric_features():
+    with pytest.raises(KStarInputError, match="must be numeric"):
+        compute_kstar(np.array([["a", "b"], ["c", "d"]]), [0, 1])
+
+
+def test_non_integer_float_labels():
+    with pytest.raises(KStarInputError, match="not whole numbers"):
+        compute_kstar(np.ones((3, 2)), [0.5, 1.0, 0.0])
+
+
+def test_unknown_metric_and_method():
+    x = np.random.default_rng(0).normal(size=(6, 2))
+    with pytest.raises(KStarInputError, match="unknown metric"):
+        compute_kstar(x, [0, 1] * 3, metric="manhattan")
+    with pytest.raises(KStarInputError, match="unknown method"):
+        compute_kstar(x, [0, 1] * 3, method="fast")
+
+
+def test_zero_vector_under_cosine():
+    x = np.random.default_rng(0).normal(size=(6, 2))
+    x[1] = 0
+    with pytest.raises(KStarInputError, match="rows 1 are zero vectors"):
+        compute_kstar(x, [0, 1] * 3, metric="cosine")
+
+
+def test_small_classes_warn_but_compute():
+    x = np.random.default_rng(0).normal(size=(8, 2))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = compute_kstar(x, [0, 0, 0, 0, 0, 0, 1, 1])
+    assert any(issubclass(w.category, SmallClassWarning) for w in caught)
+    assert len(res.kstar) == 8
+
+
+def test_zero_variance_class_follows_spec():
+    # class 1 is a single tight pair far away (all k*_norm = 1: clustered); class 0 has constant k*_norm = 1/2
+    x = np.array([[0.0], [10.0], [0.1], [10.1], [1000.0], [1000.5]])
+    y = np.array([0, 2, 0, 2, 1, 1])
+    res = compute_kstar(x, y)
+    row = res.per_class.set_index("label")
+    assert row.loc[1, "skew"] == -np.inf and row.loc[1, "pattern"] == "Clustered"
+
+
+def test_bad_threshold_and_device():
+    x = np.random.default_rng(0).normal(size=(6, 2))
+    with pytest.raises(ValueError, match="threshold"):
+        compute_kstar(x, [0, 1] * 3, threshold=float("nan"))
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA is not available"):
+            compute_kstar(x, [0, 1] * 3, device="cuda")
