@@ -90,8 +90,144 @@ def _run_compute(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_extract(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "extract",
+        help="features of a model on a data set (RobustBench, OpenCLIP, torchvision, built-in zoo, pixels)",
+        description=(
+            "Extract a labelled feature matrix from a model's latent space, cached and resumable. Writes "
+            "OUT/features.npy, labels.npy, classes.json and meta.json; `kstar compute OUT --out RESULT` reads them."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--source", required=True, choices=["robustbench", "openclip", "torchvision", "builtin", "pixels"])
+    p.add_argument("--model", required=True, help="RobustBench model name, OpenCLIP architecture, torchvision model "
+                                                  "or built-in zoo model")
+    p.add_argument("--pretrained", help="OpenCLIP tag or weights file; torchvision weights name or state-dict file")
+    p.add_argument("--threat-model", default="Linf", help="RobustBench threat model: Linf, L2 or corruptions")
+    p.add_argument("--model-dir", help="RobustBench checkpoint folder (MODEL_DIR/<dataset>/<threat>/<name>.pt)")
+    p.add_argument("--dataset", required=True, help="cifar10, cifar100, mnist, fashion-mnist, svhn, stl10, imagenet, "
+                                                    "imagefolder, digits")
+    p.add_argument("--data-root", help="folder holding the data set (default: $KSTAR_DATA or ~/.cache/kstar/data)")
+    p.add_argument("--split", default="test", help="train or test")
+    p.add_argument("--per-class", type=int, help="samples per class (deterministic subset); default: all")
+    p.add_argument("--seed", type=int, default=0, help="seed of the per-class subset")
+    p.add_argument("--layer", choices=["penultimate", "logits", "embedding"],
+                   help="penultimate (input of the last linear layer; classifiers' default), logits, or embedding "
+                        "(OpenCLIP's encode_image; its default)")
+    p.add_argument("--normalize", action="store_true", help="OpenCLIP: L2-normalise the embeddings")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, ...")
+    p.add_argument("--amp", action="store_true", help="mixed precision (float16 on CUDA, bfloat16 on CPU; recorded)")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    p.add_argument("--cache-dir", help="feature cache (default: $KSTAR_CACHE or ~/.cache/kstar/features)")
+    p.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(handler=_run_extract)
+
+
+def _run_extract(args: argparse.Namespace) -> int:
+    from .compat import MissingDependencyError
+    from .datasets import DatasetNotFoundError
+    from .extract import extract
+    from .sources import LayerNotFoundError, WeightsNotFoundError
+
+    options = {"layer": args.layer, "pretrained": args.pretrained}
+    if args.source == "robustbench":
+        options.update(threat_model=args.threat_model, model_dir=args.model_dir)
+    if args.source == "openclip":
+        options["normalize"] = args.normalize
+    try:
+        result = extract(
+            args.source, args.model, args.dataset, split=args.split, data_root=args.data_root,
+            per_class=args.per_class, seed=args.seed, batch_size=args.batch_size, device=args.device, amp=args.amp,
+            num_workers=args.workers, cache=False if args.no_cache else args.cache_dir, progress=not args.quiet,
+            **options,
+        )
+    except (WeightsNotFoundError, DatasetNotFoundError, LayerNotFoundError, MissingDependencyError, ValueError) as err:
+        raise UserError(str(err)) from err
+    out = result.save(args.out)
+    print(f"{result.features.shape[0]} x {result.features.shape[1]} features of {args.source}:{args.model} on "
+          f"{args.dataset}/{args.split} ({result.meta.get('cache', 'no cache')}) -> {out}")
+    return 0
+
+
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "report",
+        help="run the notebooks of a profile with papermill and publish HTML pages and index.html",
+        description=(
+            "Collect a profile's results (cached), execute every notebook in notebooks/ with papermill, convert them "
+            "to self-contained HTML (no code, images embedded, nothing loaded from the network) and write "
+            "OUT/index.html. Profiles: default (built-in offline study on digits), smoke, fashion, paper "
+            "(RobustBench and OpenCLIP; needs their weights and data), or a YAML file."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--profile", default="default", help="default | smoke | fashion | paper | path/to/profile.yaml")
+    p.add_argument("--out", default="reports", help="output folder for the HTML pages")
+    p.add_argument("--results-dir", help="where the collected results go (default: OUT/results)")
+    p.add_argument("--no-model-pages", action="store_true", help="skip the per-model pages")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(handler=_run_report)
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from .datasets import DatasetNotFoundError
+    from .report import render
+    from .sources import WeightsNotFoundError
+
+    start = time.perf_counter()
+    try:
+        index = render(args.profile, args.out, results_dir=args.results_dir, per_model=not args.no_model_pages,
+                       progress=not args.quiet)
+    except (WeightsNotFoundError, DatasetNotFoundError, ValueError) as err:
+        raise UserError(str(err)) from err
+    print(f"report of profile {args.profile} in {time.perf_counter() - start:.0f} s: {index}")
+    return 0
+
+
+def _add_study(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "study",
+        help="the built-in offline study: train the zoo, measure robustness, compute k*, answer the question",
+        description="Train (or reuse) the built-in zoo of a study profile, evaluate it with AutoAttack and on shifted "
+                    "data, compute k* of every model and print whether Gamma' falls as robustness rises.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--profile", default="digits", help="smoke | digits | fashion")
+    p.add_argument("--data-root", help="data folder (Fashion-MNIST: default is the Debian package's folder)")
+    p.add_argument("--out", help="also save the tables and k* results here")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(handler=_run_study)
+
+
+def _run_study(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from .datasets import DatasetNotFoundError
+    from .zoo import run_study
+
+    try:
+        result = run_study(args.profile, data_root=args.data_root, progress=not args.quiet)
+    except (DatasetNotFoundError, KeyError) as err:
+        raise UserError(f"cannot run study {args.profile!r}: {err}") from err
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print(result.robustness.drop(columns=["train_seconds"]).round(3).to_string(index=False))
+    print(f"\n{result.answer}\n(study {args.profile}: {result.seconds:.0f} s)")
+    if args.out:
+        print(f"saved to {result.save(args.out)}")
+    return 0
+
+
 # Sub-commands register here: name -> function adding its parser. Feature extraction and reports add theirs.
-SUBCOMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {"compute": _add_compute}
+SUBCOMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
+    "compute": _add_compute,
+    "extract": _add_extract,
+    "study": _add_study,
+    "report": _add_report,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -19,6 +19,7 @@ import importlib
 import importlib.util
 import pkgutil
 import sys
+import warnings
 from types import ModuleType
 
 
@@ -48,15 +49,19 @@ def alias_autoattack() -> ModuleType:
 def import_robustbench() -> ModuleType:
     """Import robustbench with the shims above, or raise an error that says how to install it."""
     try:
-        import pkg_resources  # noqa: F401
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "pkg_resources is deprecated": known, handled here
+            import pkg_resources  # noqa: F401
     except ImportError as err:
         raise MissingDependencyError(
             "robustbench needs pkg_resources, removed in setuptools 81: pip install 'setuptools<81'."
         ) from err
     alias_autoattack()
     try:
-        import robustbench
-        import robustbench.utils  # noqa: F401
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # robustbench imports timm's deprecated module paths
+            import robustbench
+            import robustbench.utils  # noqa: F401
     except ImportError as err:
         raise MissingDependencyError(
             f"robustbench is not importable ({err}); run scripts/install.sh, which installs robustbench==1.1.1 "

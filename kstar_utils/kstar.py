@@ -7,7 +7,9 @@ Approximate (``method="ann"``): a seeded pynndescent graph proposes each sample'
 * the candidates' distances are computed exactly (float64 direct form) and the nearest one gives r_p;
 * the same-class points nearer than r_p are counted exactly (the kernel, restricted to the class's own columns);
 * samples whose graph neighbours hold no foreign point go through the exact search;
-* a random sample of points (``audit_size``) is recomputed exactly and compared: ``result.audit``.
+* a random sample of points (``audit_size``) is computed both ways first and compared: ``result.audit``. Under
+  ``method="auto"`` an audit with fewer than ``ANN_MIN_IDENTICAL`` (99%) identical k* discards the ANN path and the
+  exact one runs instead (recorded as ``params["ann_fallback"]``); under ``method="ann"`` it raises a warning.
 The only possible error is a missed nearest foreign neighbour (r_p too large, so k* too large); the audit measures how
 often that happens. ``method="auto"`` picks exact while N^2 * D <= ``AUTO_EXACT_MAX_WORK`` (from the benchmark in
 ``benchmarks/bench_kstar.py``) and ANN above it.
@@ -18,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import platform
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +43,9 @@ from .validation import METHODS, check_choice, check_inputs
 AUTO_EXACT_MAX_WORK = 2.0e12
 DEFAULT_N_NEIGHBORS = 30
 DEFAULT_AUDIT_SIZE = 1000
+# Below this fraction of identical k* in the audit, "auto" discards the ANN result and computes exact k*, and "ann"
+# warns: a latent space of high intrinsic dimension defeats the neighbour graph (see README, Performance).
+ANN_MIN_IDENTICAL = 0.99
 
 
 def _encode_float(value: float) -> float | str:
@@ -155,33 +161,72 @@ def choose_method(n: int, dim: int, method: str = "auto") -> str:
     return "exact" if float(n) * n * dim <= AUTO_EXACT_MAX_WORK else "ann"
 
 
-def _ann_kstar(
-    data, features: np.ndarray, n_neighbors: int, seed: int, n_jobs: int | None, block_size: int | None, progress: bool
-) -> tuple[np.ndarray, dict]:
-    """k* (in sorted order) from ANN candidates, verified as the module docstring says."""
-    n = data.n
+class ANNAccuracyWarning(UserWarning):
+    """The ANN path's audit found fewer identical k* than ``ANN_MIN_IDENTICAL``."""
+
+
+def _ann_candidates(data, features: np.ndarray, n_neighbors: int, seed: int, n_jobs: int | None) -> np.ndarray:
+    """Verified candidate radius of every sorted row: the exact distance to its nearest foreign graph neighbour
+    (inf where the graph holds no foreign neighbour)."""
     graph = ann_neighbour_graph(features[data.order], n_neighbors=n_neighbors, seed=seed, n_jobs=n_jobs)
-    rows = np.repeat(np.arange(n), graph.shape[1])
+    rows = np.repeat(np.arange(data.n), graph.shape[1])
     cols = graph.ravel()
     keep = (cols >= 0) & (cols != rows) & (data.codes[cols] != data.codes[rows])
     rows, cols = rows[keep], cols[keep]
     dist = exact_pair_distances(
         data.exact, torch.from_numpy(rows).to(data.device), torch.from_numpy(cols).to(data.device)
     ).cpu().numpy()
-    radius = np.full(n, np.inf)
-    np.minimum.at(radius, rows, dist)
-    found = np.isfinite(radius)
-    kstar = np.empty(n, dtype=np.int64)
-    with_candidates = np.flatnonzero(found)
-    count, _ = exact_counts(data, with_candidates, radius=radius[with_candidates], block_size=block_size,
-                            progress=progress)
-    kstar[with_candidates] = 1 + count
-    without = np.flatnonzero(~found)
-    if without.size:
-        count, _ = exact_counts(data, without, block_size=block_size, progress=progress)
-        kstar[without] = 1 + count
-    info = {"n_neighbors": int(graph.shape[1]), "exact_search_samples": int(without.size)}
-    return kstar, info
+    radius = np.full(data.n, np.inf)
+    order = np.lexsort((dist, rows))  # per row, nearest first: the first entry of each row is its minimum
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = rows[order][1:] != rows[order][:-1]
+    radius[rows[order][first]] = dist[order][first]
+    return radius
+
+
+def _ann_counts(data, rows: np.ndarray, radius: np.ndarray, block_size: int | None, progress: bool) -> np.ndarray:
+    """k* of sorted ``rows``: exact same-class counting within the candidate radius, exact search where there is none."""
+    kstar = np.empty(len(rows), dtype=np.int64)
+    found = np.isfinite(radius[rows])
+    if found.any():
+        count, _ = exact_counts(data, rows[found], radius=radius[rows][found], block_size=block_size,
+                                progress=progress)
+        kstar[found] = 1 + count
+    if (~found).any():
+        count, _ = exact_counts(data, rows[~found], block_size=block_size, progress=progress)
+        kstar[~found] = 1 + count
+    return kstar
+
+
+def _ann_kstar(data, features: np.ndarray, n_neighbors: int, seed: int, n_jobs: int | None, block_size: int | None,
+               audit_size: int, min_identical: float | None, progress: bool) -> tuple[np.ndarray | None, dict, dict]:
+    """k* (sorted order) from ANN candidates, verified as the module docstring says, audited first.
+
+    The audit rows are computed both ways before anything else; when ``min_identical`` is given and the audit falls
+    below it, returns None for k* (the caller runs the exact path instead) without doing the full ANN work.
+    """
+    radius = _ann_candidates(data, features, n_neighbors, seed, n_jobs)
+    rng = np.random.default_rng(seed)
+    size = int(min(max(audit_size, 0), data.n))
+    audit_rows = np.sort(rng.choice(data.n, size=size, replace=False)) if size else np.empty(0, dtype=np.int64)
+    ann_audit = _ann_counts(data, audit_rows, radius, block_size, False)
+    exact_audit = 1 + exact_counts(data, audit_rows, block_size=block_size)[0]
+    diff = np.abs(ann_audit - exact_audit)
+    audit = {
+        "size": size,
+        "fraction_identical": float(np.mean(diff == 0)) if size else math.nan,
+        "max_abs_difference": int(diff.max()) if size else 0,
+        "mean_abs_difference": float(diff.mean()) if size else 0.0,
+        "seed": seed,
+    }
+    info = {"n_neighbors": int(min(n_neighbors, data.n - 1)), "exact_search_samples": int(np.sum(~np.isfinite(radius)))}
+    if min_identical is not None and size and audit["fraction_identical"] < min_identical:
+        return None, audit, info
+    kstar = np.empty(data.n, dtype=np.int64)
+    rest = np.setdiff1d(np.arange(data.n), audit_rows, assume_unique=True)
+    kstar[rest] = _ann_counts(data, rest, radius, block_size, progress)
+    kstar[audit_rows] = ann_audit
+    return kstar, audit, info
 
 
 def compute_kstar(
@@ -219,14 +264,27 @@ def compute_kstar(
     resolved = choose_method(n, dim, method)
     torch_device = resolve_device(device)
     data = sort_by_class(x, codes, torch_device)
-    audit = None
+    audit, extra, kstar_sorted = None, {}, None
+    if resolved == "ann":
+        # Under "auto" an ANN result that fails its audit is not returned: the exact path runs instead.
+        kstar_sorted, audit, extra = _ann_kstar(data, x, n_neighbors, seed, n_jobs, block_size, audit_size,
+                                                ANN_MIN_IDENTICAL if method == "auto" else None, progress)
+        if kstar_sorted is None:
+            warnings.warn(
+                f"the ANN audit found only {audit['fraction_identical']:.1%} of {audit['size']} sampled k* identical "
+                f"to exact (below {ANN_MIN_IDENTICAL:.0%}); computing exact k* instead.", ANNAccuracyWarning,
+                stacklevel=2)
+            extra["ann_fallback"] = True
+            resolved = "exact"
+        elif audit["size"] and audit["fraction_identical"] < ANN_MIN_IDENTICAL:
+            warnings.warn(
+                f"the ANN audit found only {audit['fraction_identical']:.1%} of {audit['size']} sampled k* identical "
+                f"to exact: this latent space is hard for the neighbour graph. Use method='exact' (or 'auto', which "
+                f"falls back by itself) or a larger n_neighbors.", ANNAccuracyWarning, stacklevel=2)
     if resolved == "exact":
         count, stats = exact_counts(data, block_size=block_size, progress=progress)
         kstar_sorted = 1 + count
-        extra = {"rechecked_rows": stats.rechecked_rows, "rechecked_pairs": stats.rechecked_pairs}
-    else:
-        kstar_sorted, extra = _ann_kstar(data, x, n_neighbors, seed, n_jobs, block_size, progress)
-        audit = _audit(data, kstar_sorted, audit_size, seed, block_size)
+        extra.update(rechecked_rows=stats.rechecked_rows, rechecked_pairs=stats.rechecked_pairs)
     kstar = np.empty(n, dtype=np.int64)
     kstar[data.order] = kstar_sorted
     kstar_norm = metrics.normalise_kstar(kstar, codes)
@@ -238,7 +296,7 @@ def compute_kstar(
         "device": str(torch_device),
         "block_size": block_size,
         "seed": seed,
-        **({"n_neighbors": n_neighbors, "audit_size": audit_size} if resolved == "ann" else {}),
+        **({"n_neighbors": n_neighbors, "audit_size": audit_size} if audit is not None else {}),
         "n_features": int(dim),
         **extra,
         "versions": versions(),
@@ -254,23 +312,6 @@ def compute_kstar(
         audit=audit,
         params=params,
     )
-
-
-def _audit(data, kstar_sorted: np.ndarray, audit_size: int, seed: int, block_size: int | None) -> dict:
-    """Recompute a random sample of points exactly and compare with the ANN path's k*."""
-    rng = np.random.default_rng(seed)
-    size = int(min(max(audit_size, 0), data.n))
-    rows = np.sort(rng.choice(data.n, size=size, replace=False)) if size else np.empty(0, dtype=np.int64)
-    count, _ = exact_counts(data, rows, block_size=block_size)
-    exact = 1 + count
-    diff = np.abs(kstar_sorted[rows] - exact)
-    return {
-        "size": size,
-        "fraction_identical": float(np.mean(diff == 0)) if size else math.nan,
-        "max_abs_difference": int(diff.max()) if size else 0,
-        "mean_abs_difference": float(diff.mean()) if size else 0.0,
-        "seed": seed,
-    }
 
 
 def versions(packages: tuple[str, ...] = ("kstar_utils", "numpy", "scipy", "torch", "pynndescent")) -> dict:

@@ -37,7 +37,7 @@ import torch
 from tqdm.auto import tqdm
 
 UNIT_ROUNDOFF_FP32 = 2.0**-24
-DEFAULT_BLOCK_BYTES = 32 * 2**20  # one float32 block of block_size x N distances: small enough to stay in cache
+DEFAULT_BLOCK_BYTES = 8 * 2**20  # one float32 block of block_size x width distances: its comparisons stay in cache
 MIN_BLOCK_ROWS = 128  # fewer rows make the matrix product inefficient
 PAIR_CHUNK_ELEMENTS = 2**24  # float64 elements gathered at once when re-checking pairs
 

@@ -56,3 +56,21 @@ def test_auto_picks_exact_for_small_and_ann_for_large_problems():
     big = int(np.sqrt(AUTO_EXACT_MAX_WORK / 128)) + 1000
     assert choose_method(big, 128) == "ann"
     assert choose_method(big, 128, "exact") == "exact"
+
+
+def test_auto_falls_back_to_exact_when_the_audit_fails(monkeypatch):
+    """Isotropic high-dimensional classes with a tiny graph: the audit fails, so 'auto' returns exact k*."""
+    import kstar_utils.kstar as kstar_module
+    from kstar_utils.kstar import ANNAccuracyWarning
+    from kstar_utils.synthetic import gaussian_classes
+
+    x, y = gaussian_classes(1500, 64, 5, separation=0.3, seed=4)
+    monkeypatch.setattr(kstar_module, "AUTO_EXACT_MAX_WORK", 0.0)
+    with pytest.warns(ANNAccuracyWarning, match="computing exact k\\* instead"):
+        auto = compute_kstar(x, y, method="auto", n_neighbors=2, n_jobs=1, audit_size=200)
+    assert auto.method == "exact" and auto.params["ann_fallback"] is True
+    assert auto.audit["fraction_identical"] < 0.99
+    np.testing.assert_array_equal(auto.kstar, compute_kstar(x, y, method="exact").kstar)
+    with pytest.warns(ANNAccuracyWarning, match="hard for the neighbour graph"):
+        ann = compute_kstar(x, y, method="ann", n_neighbors=2, n_jobs=1, audit_size=200)
+    assert ann.method == "ann"

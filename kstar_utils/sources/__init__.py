@@ -1,0 +1,13 @@
+"""Feature sources: one module per model family, each turning (model name, weights) into a :class:`FeatureModel`.
+
+``SOURCES`` maps a source name to its loader; :func:`load_source` dispatches. A new family (the built-in study's
+locally trained models, say) plugs in with :func:`register_source`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from .base import FeatureModel, LayerNotFoundError, WeightsNotFoundError, register_source, SOURCES, load_source
+
+__all__ = ["FeatureModel", "LayerNotFoundError", "WeightsNotFoundError", "register_source", "SOURCES", "load_source"]
