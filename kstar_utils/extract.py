@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .cache import FeatureCache
 from .datasets import LabelledImages, subsample_per_class

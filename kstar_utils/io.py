@@ -142,9 +142,22 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         raise
 
 
+def json_safe(value: Any) -> Any:
+    """Strict-JSON form of nested data: NaN -> None (null), +/-inf -> "inf"/"-inf", numpy scalars -> Python."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None if np.isnan(value) else ("inf" if value > 0 else "-inf")
+    return value
+
+
 def write_json(path: str | os.PathLike, data: Any) -> None:
-    """Atomic, strict JSON (no bare NaN/Infinity), indented for people."""
-    atomic_write_text(path, json.dumps(data, indent=2, allow_nan=False, default=_json_default) + "\n")
+    """Atomic, strict JSON (NaN written as null, infinities as strings), indented for people."""
+    atomic_write_text(path, json.dumps(json_safe(data), indent=2, allow_nan=False, default=_json_default) + "\n")
 
 
 def _json_default(value: Any) -> Any:

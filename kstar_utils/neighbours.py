@@ -34,7 +34,7 @@ from typing import Iterator
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 UNIT_ROUNDOFF_FP32 = 2.0**-24
 DEFAULT_BLOCK_BYTES = 8 * 2**20  # one float32 block of block_size x width distances: its comparisons stay in cache

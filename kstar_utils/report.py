@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import yaml
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from . import metrics
 from .io import atomic_write_text, write_json
@@ -278,15 +278,37 @@ def to_html(notebook_path: Path, html_path: Path, title: str) -> Path:
     return html_path
 
 
-def execute(notebook: Path, output: Path, parameters: dict, cwd: Path) -> Path:
+def _ipc_kernel_manager(socket_dir: Path):
+    """A kernel manager on local IPC sockets in ``socket_dir``: no TCP port, nothing sent in plain text."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class IPCKernelManager(AsyncKernelManager):
+        def __init__(self, **kwargs):
+            kwargs.setdefault("transport", "ipc")
+            kwargs.setdefault("ip", str(socket_dir / "kernel"))
+            super().__init__(**kwargs)
+
+    return IPCKernelManager
+
+
+def execute(notebook: Path, output: Path, parameters: dict, cwd: Path, socket_dir: Path | None = None) -> Path:
     """Run a notebook with papermill (inline matplotlib backend: Agg would drop every figure)."""
+    import tempfile
+
     import papermill as pm
+
+    with tempfile.TemporaryDirectory(prefix="kstar-kernel-") as private:
+        return _execute(pm, notebook, output, parameters, cwd, Path(socket_dir or private))
+
+
+def _execute(pm, notebook: Path, output: Path, parameters: dict, cwd: Path, socket_dir: Path) -> Path:
 
     previous = os.environ.get("MPLBACKEND")
     os.environ["MPLBACKEND"] = INLINE_BACKEND
     try:
         pm.execute_notebook(str(notebook), str(output), parameters=parameters, kernel_name="python3", cwd=str(cwd),
-                            progress_bar=False, log_output=False)
+                            progress_bar=False, log_output=False,
+                            kernel_manager_class=_ipc_kernel_manager(socket_dir))
     finally:
         if previous is None:
             os.environ.pop("MPLBACKEND", None)
@@ -355,6 +377,7 @@ def render(profile: str | os.PathLike | dict = "default", out: str | os.PathLike
     prof = load_profile(profile)
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    clean_report_dir(out)
     results_path = Path(results_dir).resolve() if results_dir else (out / "results")
     collect(prof, results_path, progress)
     results = Results(results_path)

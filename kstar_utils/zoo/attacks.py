@@ -71,7 +71,7 @@ def autoattack_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm
     adversary = AutoAttack(model, norm=norm, eps=eps, version=version, device=str(x.device), seed=seed,
                            attacks=attacks if version == "custom" else None)
     adversary.verbose = False
-    x_adv = adversary.run_standard_evaluation(x, y, batch_size=batch_size)
-    robust = accuracy(model, x_adv, y)
+    x_adv, _ = adversary.run_standard_evaluation(x, y, batch_size=batch_size)  # pyautoattack: (x_adv, y_adv)
+    robust = accuracy(model, x_adv, y)  # re-checked on the returned examples, not taken from the attack's log
     return {"robust_accuracy": robust, "norm": norm, "eps": eps, "version": version,
             "attacks": list(adversary.attacks_to_run), "n": int(len(x))}
