@@ -58,6 +58,7 @@ def _atomic_save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
     os.close(fd)
     try:
         save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, tmp)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -128,25 +128,19 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_extract(args: argparse.Namespace) -> int:
-    from .compat import MissingDependencyError
-    from .datasets import DatasetNotFoundError
     from .extract import extract
-    from .sources import LayerNotFoundError, WeightsNotFoundError
 
     options = {"layer": args.layer, "pretrained": args.pretrained}
     if args.source == "robustbench":
         options.update(threat_model=args.threat_model, model_dir=args.model_dir)
     if args.source == "openclip":
         options["normalize"] = args.normalize
-    try:
-        result = extract(
-            args.source, args.model, args.dataset, split=args.split, data_root=args.data_root,
-            per_class=args.per_class, seed=args.seed, batch_size=args.batch_size, device=args.device, amp=args.amp,
-            num_workers=args.workers, cache=False if args.no_cache else args.cache_dir, progress=not args.quiet,
-            **options,
-        )
-    except (WeightsNotFoundError, DatasetNotFoundError, LayerNotFoundError, MissingDependencyError, ValueError) as err:
-        raise UserError(str(err)) from err
+    result = extract(
+        args.source, args.model, args.dataset, split=args.split, data_root=args.data_root,
+        per_class=args.per_class, seed=args.seed, batch_size=args.batch_size, device=args.device, amp=args.amp,
+        num_workers=args.workers, cache=False if args.no_cache else args.cache_dir, progress=not args.quiet,
+        **options,
+    )
     out = result.save(args.out)
     print(f"{result.features.shape[0]} x {result.features.shape[1]} features of {args.source}:{args.model} on "
           f"{args.dataset}/{args.split} ({result.meta.get('cache', 'no cache')}) -> {out}")
@@ -174,16 +168,11 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_report(args: argparse.Namespace) -> int:
-    from .datasets import DatasetNotFoundError
     from .report import render
-    from .sources import WeightsNotFoundError
 
     start = time.perf_counter()
-    try:
-        index = render(args.profile, args.out, results_dir=args.results_dir, per_model=not args.no_model_pages,
-                       progress=not args.quiet)
-    except (WeightsNotFoundError, DatasetNotFoundError, ValueError) as err:
-        raise UserError(str(err)) from err
+    index = render(args.profile, args.out, results_dir=args.results_dir, per_model=not args.no_model_pages,
+                   progress=not args.quiet)
     print(f"report of profile {args.profile} in {time.perf_counter() - start:.0f} s: {index}")
     return 0
 
@@ -206,13 +195,11 @@ def _add_study(sub: argparse._SubParsersAction) -> None:
 def _run_study(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from .datasets import DatasetNotFoundError
-    from .zoo import run_study
+    from .zoo import PROFILES, run_study
 
-    try:
-        result = run_study(args.profile, data_root=args.data_root, progress=not args.quiet)
-    except (DatasetNotFoundError, KeyError) as err:
-        raise UserError(f"cannot run study {args.profile!r}: {err}") from err
+    if args.profile not in PROFILES:
+        raise UserError(f"unknown study profile {args.profile!r}; use one of {', '.join(PROFILES)}.")
+    result = run_study(args.profile, data_root=args.data_root, progress=not args.quiet)
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(result.robustness.drop(columns=["train_seconds"]).round(3).to_string(index=False))
     print(f"\n{result.answer}\n(study {args.profile}: {result.seconds:.0f} s)")
@@ -246,16 +233,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Errors whose message is advice for the user (bad input, missing files, weights or data, unknown names):
+    printed as one line, no traceback. Anything else is a bug and keeps its traceback."""
+    from .compat import MissingDependencyError
+    from .sources.base import LayerNotFoundError
     from .validation import KStarInputError
 
+    # WeightsNotFoundError and DatasetNotFoundError are FileNotFoundErrors; unknown names raise ValueError.
+    return (UserError, KStarInputError, FileNotFoundError, LayerNotFoundError, MissingDependencyError, ValueError)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("default")
             return int(args.handler(args) or 0)
-    except (UserError, KStarInputError, FileNotFoundError) as err:
+    except user_errors() as err:
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
         print(f"kstar: error: {message}", file=sys.stderr)
         return EXIT_USER_ERROR

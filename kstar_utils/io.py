@@ -21,6 +21,8 @@ import pandas as pd
 from .validation import KStarInputError
 
 FEATURE_FORMATS = (".npy", ".npz", ".csv", ".txt", ".parquet")
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 LABEL_COLUMNS = ("label", "labels", "class", "y", "target")
@@ -136,6 +138,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     try:
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; results are shared like any other file
         os.replace(tmp, p)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -98,7 +98,7 @@ def _safe(key: str) -> str:
 def _collect_study(profile: dict, out: Path, progress: bool) -> dict:
     from .extract import ExtractedFeatures
     from .zoo.data import load_tensors
-    from .zoo.study import PROFILES, penultimate, robustness_points, run_study
+    from .zoo.study import penultimate, robustness_points, run_study
     from .zoo.source import find_spec
 
     study = run_study(profile["study"], data_root=profile.get("data_root"), progress=progress)
@@ -229,6 +229,12 @@ def ensure_results(profile: str | dict = "default", results_dir: str | os.PathLi
     return out
 
 
+def answer_markdown(manifest: dict) -> str:
+    """The study's answer as a Markdown list, one statement (with its numbers) per line."""
+    lines = [line for line in manifest.get("answer", "").split("\n") if line.strip()]
+    return "**The answer, with the numbers:**\n\n" + "\n".join(f"- {line}" for line in lines) if lines else ""
+
+
 class Results:
     """Read access to a results folder, for the notebooks."""
 
@@ -260,21 +266,40 @@ def _strip_remote(text: str) -> str:
     return text
 
 
+PAGE_CSS = """
+body { font-family: DejaVu Sans, Helvetica, Arial, sans-serif; max-width: 1150px; margin: 2em auto; color: #222;
+       line-height: 1.45; padding: 0 1em; }
+h1 { font-size: 1.6em; } h2 { font-size: 1.25em; margin-top: 1.6em; } a.anchor-link { display: none; }
+img { max-width: 100%; } .summary-figures img { max-width: 49%; }
+table { border-collapse: collapse; font-size: 0.85em; margin: 0.8em 0; }
+th, td { padding: 3px 8px; border-bottom: 1px solid #ddd; text-align: right; }
+th { background: #f4f4f4; } pre { background: #f8f8f8; padding: 0.6em; overflow-x: auto; font-size: 0.85em; }
+.answer { background: #f4f6fb; padding: 0.6em 1em; border-left: 4px solid #4c72b0; }
+.meta { color: #777; font-size: 0.9em; } nav { font-size: 0.9em; margin-bottom: 1em; }
+"""
+
+
+def page(title: str, body: str, back_to_index: bool = True) -> str:
+    """A complete, self-contained HTML page: our stylesheet inline, nothing loaded from anywhere."""
+    nav = '<nav><a href="index.html">&larr; report index</a></nav>' if back_to_index else ""
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f"<title>{html.escape(title)}</title><style>{PAGE_CSS}</style></head>\n<body>\n{nav}\n{body}\n</body></html>\n")
+
+
 def to_html(notebook_path: Path, html_path: Path, title: str) -> Path:
     """An executed notebook as a self-contained HTML page: outputs only, images embedded, no remote resources."""
     import nbformat
     from nbconvert import HTMLExporter
 
-    exporter = HTMLExporter(template_name="lab")
+    exporter = HTMLExporter(template_name="basic")
     exporter.exclude_input = True
     exporter.exclude_input_prompt = True
     exporter.exclude_output_prompt = True
     exporter.embed_images = True
-    exporter.mathjax_url = ""
     notebook = nbformat.read(str(notebook_path), as_version=4)
-    notebook.metadata["title"] = title
-    body, _ = exporter.from_notebook_node(notebook, resources={"metadata": {"name": title}})
-    atomic_write_text(html_path, _strip_remote(body))
+    body, _ = exporter.from_notebook_node(notebook)
+    atomic_write_text(html_path, page(title, _strip_remote(body)))
     return html_path
 
 
@@ -333,42 +358,39 @@ def _index_page(results: Results, pages: list[tuple[str, str]], model_pages: lis
     figures = []
     robustness = results.table("robustness")
     if not robustness.empty:
-        fig = plots.gamma_regions(robustness, "robust_accuracy", hue="threat_model",
-                                  xlabel=m.get("robustness_x_label"), title="Gamma' against robustness")
-        figures.append(_png(fig))
+        figures.append(_png(plots.gamma_regions(robustness, "robust_accuracy", hue="threat_model",
+                                                xlabel=m.get("robustness_x_label"), title="Gamma' against robustness")))
     generalisation = results.table("generalisation")
     if not generalisation.empty:
-        fig = plots.gamma_regions(generalisation, "accuracy", hue="data", xlabel=m.get("generalisation_x_label"),
-                                  title="Gamma' against generalisation")
-        figures.append(_png(fig))
+        figures.append(_png(plots.gamma_regions(generalisation, "accuracy", hue="data", label=None,
+                                                xlabel=m.get("generalisation_x_label"),
+                                                title="Gamma' against generalisation")))
     table = results.table("table")
-    table_html = table.to_html(index=False, float_format=lambda v: f"{v:.3f}", classes="summary", border=0)
+    table_html = table.to_html(index=False, float_format=lambda v: f"{v:.3f}", na_rep="-", border=0)
     links = "\n".join(f'<li><a href="{html.escape(href)}">{html.escape(title)}</a></li>' for href, title in pages)
     model_links = "\n".join(f'<li><a href="{html.escape(href)}">{html.escape(t)}</a></li>' for href, t in model_pages)
     images = "\n".join(f'<img alt="summary figure" src="data:image/png;base64,{b}">' for b in figures)
-    answer = f"<p class='answer'>{html.escape(m['answer'])}</p>" if m.get("answer") else ""
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{html.escape(m['title'])}</title>
-<style>
-body {{ font-family: DejaVu Sans, Helvetica, Arial, sans-serif; max-width: 1100px; margin: 2em auto; color: #222; }}
-h1 {{ font-size: 1.6em; }} img {{ max-width: 49%; }} table.summary {{ border-collapse: collapse; font-size: 0.85em; }}
-table.summary th, table.summary td {{ padding: 3px 8px; border-bottom: 1px solid #ddd; text-align: right; }}
-.answer {{ background: #f4f6fb; padding: 0.8em; border-left: 4px solid #4c72b0; }} .meta {{ color: #777; }}
-</style></head><body>
-<h1>{html.escape(m['title'])}</h1>
+    answer = ""
+    if m.get("answer"):
+        items = "".join(f"<li>{html.escape(line)}</li>" for line in m["answer"].split("\n") if line.strip())
+        answer = f"<div class='answer'><b>Does Gamma' fall as the models get more robust or more general?</b><ul>{items}</ul></div>"
+    body = f"""<h1>{html.escape(m['title'])}</h1>
 <p>k* of a sample is the rank of its nearest neighbour from another class; per class its distribution is fractured
-(skew &gt; {m['threshold']}, blue), overlapped (red) or clustered (skew &lt; -{m['threshold']}, green). Gamma is the skew of
-all samples pooled, Gamma' the mean of per-class skews. Data: {html.escape(str(m.get('data', '')))}.</p>
+(skew &gt; {m['threshold']}, blue), overlapped (red) or clustered (skew &lt; -{m['threshold']}, green). Gamma is the skew
+of all samples pooled, Gamma' the mean of per-class skews; lower is better clustered.
+Data: {html.escape(str(m.get('data', '')))}.</p>
 {answer}
-{images}
+<div class="summary-figures">{images}</div>
 <h2>Table 1</h2>
 {table_html}
+<p class="meta">Also as CSV: <a href="results/summary_table.csv">results/summary_table.csv</a>. A dash: not evaluated
+(each robust model is attacked under its own threat model, as on RobustBench's leaderboards).</p>
 <h2>Figures</h2><ul>{links}</ul>
 <h2>Per-model pages</h2><ul>{model_links}</ul>
 <p class="meta">Profile {html.escape(m['profile'])}; results collected {html.escape(m['created'])}. Made by kstar_utils
-with papermill and nbconvert; every page is self-contained and reads nothing from the network.</p>
-</body></html>
-"""
+with papermill and nbconvert; the executed notebooks are in <code>executed/</code>. Every page is self-contained and reads
+nothing from the network.</p>"""
+    return page(m["title"], body, back_to_index=False)
 
 
 def render(profile: str | os.PathLike | dict = "default", out: str | os.PathLike = "reports",

@@ -35,7 +35,6 @@ def test_mnist_from_idx_files(tmp_path, gz):
 
 
 def test_cifar10_from_its_python_format(tmp_path, monkeypatch):
-    from torchvision.datasets import CIFAR10
 
     write_cifar10(tmp_path)
     # Our files are in the real format but not the real bytes: skip only torchvision's md5 comparison.

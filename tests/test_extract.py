@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import warnings
 
 import numpy as np
 import pytest
@@ -15,7 +14,6 @@ from kstar_utils.cache import CacheCorruptionWarning, FeatureCache
 from kstar_utils.cli import main
 from kstar_utils.datasets import open_dataset
 from kstar_utils.extract import ExtractedFeatures, extract_features, pick_device
-from kstar_utils.sources import load_source
 from kstar_utils.sources.base import FeatureModel
 
 
@@ -111,7 +109,6 @@ def test_pick_device():
 
 def test_cli_extract_then_compute_with_the_real_robustbench_resnet18(tmp_path, monkeypatch):
     """pyautoattack's standard-trained ResNet-18 through RobustBench's loader, on CIFAR-10-format files, then k*."""
-    from torchvision.datasets import CIFAR10
 
     model_dir = tmp_path / "models"
     (model_dir / "cifar10" / "Linf").mkdir(parents=True)

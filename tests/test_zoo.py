@@ -13,7 +13,7 @@ from kstar_utils.zoo import PROFILES, run_study
 from kstar_utils.zoo.attacks import accuracy, autoattack_accuracy, pgd
 from kstar_utils.zoo.data import load_tensors
 from kstar_utils.zoo.study import ensure_trained, robustness_specs, shift
-from kstar_utils.zoo.train import ZooModelSpec, load_trained, train_model
+from kstar_utils.zoo.train import ZooModelSpec, train_model
 
 pytestmark = pytest.mark.slow
 

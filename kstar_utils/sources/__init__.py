@@ -6,8 +6,6 @@ locally trained models, say) plugs in with :func:`register_source`.
 
 from __future__ import annotations
 
-from typing import Any, Callable
-
-from .base import FeatureModel, LayerNotFoundError, WeightsNotFoundError, register_source, SOURCES, load_source
+from .base import SOURCES, FeatureModel, LayerNotFoundError, WeightsNotFoundError, load_source, register_source
 
 __all__ = ["FeatureModel", "LayerNotFoundError", "WeightsNotFoundError", "register_source", "SOURCES", "load_source"]

@@ -39,6 +39,7 @@ class ZooModelSpec:
     width: int = 16
     latent: int = 64
     train_fraction: float = 1.0
+    train_limit: int | None = None  # at most this many training images (a seeded subset), before train_fraction
     epochs: int = 30
     batch_size: int = 64
     lr: float = 0.05
@@ -47,7 +48,9 @@ class ZooModelSpec:
     seed: int = 0
 
     def key(self) -> str:
-        fields = {k: v for k, v in asdict(self).items() if k != "name"}
+        """Hash of every field but the name; optional fields left at None are omitted, so adding one keeps the
+        keys (and the cached models) of existing specs."""
+        fields = {k: v for k, v in asdict(self).items() if k != "name" and not (k == "train_limit" and v is None)}
         text = json.dumps({**fields, "code": TRAINING_CODE_VERSION}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:20]
 
@@ -62,10 +65,12 @@ def default_zoo_dir() -> Path:
     return Path(os.environ.get("KSTAR_ZOO", Path.home() / ".cache" / "kstar" / "zoo"))
 
 
-def train_subset(n: int, fraction: float, seed: int) -> np.ndarray:
-    """The first ``fraction`` of a seeded permutation of the training set (nested: 25% is inside 50%)."""
+def train_subset(n: int, fraction: float, seed: int, limit: int | None = None) -> np.ndarray:
+    """The first ``fraction`` of ``min(n, limit)`` items of a seeded permutation of the training set (nested: a
+    10% subset is inside the 30% one)."""
     order = np.random.default_rng(seed + 7919).permutation(n)
-    return np.sort(order[: max(1, int(round(fraction * n)))])
+    pool = min(n, limit) if limit else n
+    return np.sort(order[: max(1, int(round(fraction * pool)))])
 
 
 def _save_resume(path: Path, model: SmallCNN, optimizer, scheduler, epoch: int, generator: torch.Generator) -> None:
@@ -83,7 +88,7 @@ def train_model(spec: ZooModelSpec, x_train: torch.Tensor, y_train: torch.Tensor
     ``stop_after_epoch`` ends the run early (as an interruption would), for tests of the resume path.
     """
     torch.manual_seed(spec.seed)
-    subset = torch.from_numpy(train_subset(len(x_train), spec.train_fraction, spec.seed))
+    subset = torch.from_numpy(train_subset(len(x_train), spec.train_fraction, spec.seed, spec.train_limit))
     x, y = x_train[subset], y_train[subset]
     model = build_model(spec.width, spec.latent, in_channels=x.shape[1])
     optimizer = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=0.9, nesterov=True,
