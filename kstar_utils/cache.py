@@ -18,7 +18,6 @@ import shutil
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -148,8 +147,3 @@ class CacheEntry:
 
     def discard(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
-
-
-def describe(spec: dict[str, Any]) -> str:
-    """A short human label for a spec (for progress bars and logs)."""
-    return f"{spec.get('source')}:{spec.get('model')} on {spec.get('dataset')}/{spec.get('split')}"

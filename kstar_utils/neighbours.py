@@ -58,19 +58,33 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
 
 @contextlib.contextmanager
 def full_float32_precision() -> Iterator[None]:
-    """Disable TF32 / reduced-precision float32 matrix products while the exact kernel runs, then restore them."""
-    previous_precision = torch.get_float32_matmul_precision()
-    previous_cuda = torch.backends.cuda.matmul.allow_tf32
-    previous_cudnn = torch.backends.cudnn.allow_tf32
+    """IEEE float32 matrix products while the exact kernel runs (no TF32 on CUDA, no bf16 through oneDNN on CPU, which
+    torch's "medium"/"high" precision settings enable), restoring the caller's settings afterwards.
+
+    Uses torch's per-backend ``fp32_precision`` switches where they exist (torch >= 2.9) and never mixes them with the
+    legacy ones, which torch refuses to read back once both have been set.
+    """
+    backends = [b for b in (torch.backends.cuda.matmul, getattr(getattr(torch.backends, "mkldnn", None), "matmul", None))
+                if b is not None and hasattr(b, "fp32_precision")]
+    if backends:
+        saved = [b.fp32_precision for b in backends]
+        for b in backends:
+            b.fp32_precision = "ieee"
+        try:
+            yield
+        finally:
+            for b, value in zip(backends, saved):
+                b.fp32_precision = value
+        return
+    previous_precision = torch.get_float32_matmul_precision()  # older torch: the legacy switches only
+    previous_tf32 = torch.backends.cuda.matmul.allow_tf32
     torch.set_float32_matmul_precision("highest")
     torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
     try:
         yield
     finally:
         torch.set_float32_matmul_precision(previous_precision)
-        torch.backends.cuda.matmul.allow_tf32 = previous_cuda
-        torch.backends.cudnn.allow_tf32 = previous_cudnn
+        torch.backends.cuda.matmul.allow_tf32 = previous_tf32
 
 
 @dataclass
@@ -101,6 +115,7 @@ def sort_by_class(features: np.ndarray, codes: np.ndarray, device: torch.device)
     """Sort rows by class and build the float64 and float32 forms the kernel needs."""
     order = np.argsort(codes, kind="stable")
     sorted_codes = codes[order]
+    features = _unit_scale(features)
     n_classes = int(sorted_codes.max()) + 1
     counts = np.bincount(sorted_codes, minlength=n_classes)
     ends = np.cumsum(counts)
@@ -125,6 +140,18 @@ def sort_by_class(features: np.ndarray, codes: np.ndarray, device: torch.device)
         ends=ends,
         device=device,
     )
+
+
+def _unit_scale(features: np.ndarray) -> np.ndarray:
+    """Features of extreme magnitude (squares that overflow float32, or underflow) rescaled by a power of two.
+
+    Multiplying by 2^k is exact in binary floating point, so every distance scales by exactly 2^k and no comparison
+    changes; values in a normal range are returned untouched.
+    """
+    peak = float(np.max(np.abs(features))) if features.size else 0.0
+    if peak == 0.0 or 2.0**-30 <= peak <= 2.0**30:
+        return features
+    return np.ldexp(features, -int(np.floor(np.log2(peak))))
 
 
 def default_block_size(n: int, block_bytes: int = DEFAULT_BLOCK_BYTES) -> int:

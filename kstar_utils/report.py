@@ -96,12 +96,16 @@ def _safe(key: str) -> str:
 
 
 def _collect_study(profile: dict, out: Path, progress: bool) -> dict:
+    """The built-in study's results, plus the penultimate features of Figure 2's two models."""
+    from .datasets import subsample_per_class
     from .extract import ExtractedFeatures
-    from .zoo.data import load_tensors
-    from .zoo.study import penultimate, robustness_points, run_study
+    from .zoo.data import class_names, load_tensors
     from .zoo.source import find_spec
+    from .zoo.study import ensure_trained, penultimate, robustness_points, run_study
+    from .zoo.train import default_zoo_dir
 
-    study = run_study(profile["study"], data_root=profile.get("data_root"), progress=progress)
+    root = profile.get("data_root")
+    study = run_study(profile["study"], data_root=root, progress=progress)
     study.save(out / "study")
     p = study.profile
     for key, res in study.kstar.items():
@@ -115,19 +119,14 @@ def _collect_study(profile: dict, out: Path, progress: bool) -> dict:
     gen["key"] = gen["model"] + "@" + gen["data"]
     table = rob[["model", "training", "gamma", "gamma_prime", "fractured", "overlapped", "clustered",
                  "clean_accuracy"] + [c for c in rob.columns if c.startswith("robust_accuracy_")]].copy()
-    x_test, y_test = load_tensors(p.dataset, "test", profile.get("data_root"))
-    from .datasets import subsample_per_class
 
+    x_train, y_train = load_tensors(p.dataset, "train", root)
+    x_test, y_test = load_tensors(p.dataset, "test", root)
     idx = subsample_per_class(y_test.numpy(), p.kstar_per_class, p.seed)
     compare = profile.get("compare") or list(rob["model"][:2])
-    from .zoo.study import ensure_trained
-    from .zoo.train import default_zoo_dir
-
-    x_train, y_train = load_tensors(p.dataset, "train", profile.get("data_root"))
     for name in compare:
         model, _, _ = ensure_trained(find_spec(name), default_zoo_dir(), x_train, y_train, progress)
-        classes = [str(c) for c in range(int(y_test.max()) + 1)]
-        ExtractedFeatures(penultimate(model, x_test[idx]), y_test[idx].numpy(), classes,
+        ExtractedFeatures(penultimate(model, x_test[idx]), y_test[idx].numpy(), list(class_names(p.dataset, root)),
                           {"model": name}).save(out / "features" / _safe(name))
     eps_text = ", ".join(f"{n} eps = {e:g}" for n, e in p.eval_eps.items())
     return {
@@ -160,12 +159,16 @@ def _collect_models(profile: dict, out: Path, progress: bool) -> dict:
                             model_dir=rb.get("model_dir"), progress=progress)
             res = compute_kstar(feats.features, feats.label_names(), progress=progress)
             atomic_write_text(out / "kstar" / f"{_safe(key)}.json", res.to_json())
+            # Published numbers (RobustBench's model_info) unless the profile gives the model's own: a user's
+            # checkpoint in a zoo slot is not the model RobustBench measured.
             hit = acc[(acc["model"] == m["name"]) & (acc["threat_model"] == m["threat_model"])]
-            clean = float(hit["clean_accuracy"].iloc[0]) / 100 if len(hit) else np.nan
-            robust = float(hit["autoattack_accuracy"].iloc[0]) / 100 if len(hit) else np.nan
-            rows.append({"model": m["name"], "threat_model": m["threat_model"], "robust_accuracy": robust,
+            clean = m.get("clean_accuracy", float(hit["clean_accuracy"].iloc[0]) / 100 if len(hit) else np.nan)
+            robust = m.get("robust_accuracy", float(hit["autoattack_accuracy"].iloc[0]) / 100 if len(hit) else np.nan)
+            label = m.get("label", m["name"])
+            rows.append({"model": label, "threat_model": m["threat_model"], "robust_accuracy": robust,
                          "clean_accuracy": clean, **_row(res), "key": _safe(key)})
-            table_rows.append({"model": key, "gamma": res.gamma_true, "gamma_prime": res.gamma_approx,
+            table_rows.append({"model": f"{label} ({m['threat_model']})", "gamma": res.gamma_true,
+                               "gamma_prime": res.gamma_approx,
                                **{k: v for k, v in _row(res).items() if k not in ("gamma", "gamma_prime")},
                                "clean_accuracy": clean, "robust_accuracy": robust})
             models.append(_safe(key))
@@ -177,15 +180,17 @@ def _collect_models(profile: dict, out: Path, progress: bool) -> dict:
         zs = openclip_zeroshot()
         for m in tqdm(oc["models"], desc="OpenCLIP models", disable=not progress):
             hit = zs[(zs["model"] == m["name"]) & (zs["pretrained"] == m["pretrained"])]
+            label = m.get("label", f"{m['name']} ({m['pretrained']})")
             for ds in oc["datasets"]:
                 key = f"{m['name']}_{m['pretrained']}@{ds}"
                 feats = extract("openclip", m["name"], ds, split=oc.get("split", "test"), data_root=oc.get("data_root"),
                                 per_class=oc.get("per_class"), pretrained=m["pretrained"],
-                                normalize=oc.get("normalize", True), progress=progress)
+                                model_config=m.get("model_config"), normalize=oc.get("normalize", True),
+                                progress=progress)
                 res = compute_kstar(feats.features, feats.label_names(), metric="cosine", progress=progress)
                 atomic_write_text(out / "kstar" / f"{_safe(key)}.json", res.to_json())
                 column = ds.replace("-", "")
-                grows.append({"model": f"{m['name']} ({m['pretrained']})", "data": ds,
+                grows.append({"model": label, "data": ds,
                               "accuracy": float(hit[column].iloc[0]) if len(hit) and column in hit else np.nan,
                               "zeroshot_avg38": float(hit["zeroshot_avg38"].iloc[0]) if len(hit) else np.nan,
                               **_row(res), "key": _safe(key)})

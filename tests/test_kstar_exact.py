@@ -145,6 +145,9 @@ class TestSpecProperties:
     def test_positive_scaling_invariance(self):
         np.testing.assert_array_equal(compute_kstar(self.x * 0.037, self.y).kstar, self.k)
         np.testing.assert_array_equal(compute_kstar(self.x * 4096.0, self.y).kstar, self.k)
+        # magnitudes whose squares overflow or underflow float32 (and, for 1e200, float64)
+        for factor in (2.0**80, 2.0**-90, 2.0**700):
+            np.testing.assert_array_equal(compute_kstar(self.x * factor, self.y).kstar, self.k)
 
     def test_leave_one_out_nearest_neighbour_identity(self):
         """On untied data, the fraction of samples with k* >= 2 is the leave-one-out 1-NN accuracy."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -110,3 +111,63 @@ def test_index_opens_from_disk_offline_in_chromium_and_shows_the_figures(report,
     assert (shot < 250).any(axis=2).mean() > 0.05  # the page is not blank
     changed = np.abs(shot - bare).sum(axis=2) > 30
     assert changed.mean() > 0.10, "the embedded figures did not render"
+
+
+def test_a_users_yaml_of_models_and_data_sets_is_collected(tmp_path, monkeypatch):
+    """RobustBench (a local model_dir) and OpenCLIP (a local config and checkpoint) on local data, from a YAML."""
+    import yaml
+
+    from fixtures_data import TINY_CLIP, pyautoattack_resnet18, write_cifar10, write_mnist_like
+    from kstar_utils.report import collect
+
+    monkeypatch.setenv("KSTAR_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr("torchvision.datasets.cifar.check_integrity", lambda *a, **k: True)  # format, not bytes
+    (tmp_path / "models" / "cifar10" / "Linf").mkdir(parents=True)
+    (tmp_path / "models" / "cifar10" / "Linf" / "Addepalli2021Towards_RN18.pt").symlink_to(pyautoattack_resnet18())
+    write_cifar10(tmp_path / "cifar", n_test=40)
+    write_mnist_like(tmp_path / "mnist", n_test=40)
+    config = tmp_path / "tiny-clip.json"
+    config.write_text(json.dumps(TINY_CLIP))
+    import open_clip
+    import torch
+
+    open_clip.add_model_config(config)
+    torch.save(open_clip.create_model("tiny-clip").state_dict(), tmp_path / "tiny-clip.pt")
+    profile = tmp_path / "mine.yaml"
+    profile.write_text(yaml.safe_dump({
+        "name": "mine", "title": "my models",
+        "robustbench": {"dataset": "cifar10", "data_root": str(tmp_path / "cifar"), "per_class": 4,
+                        "model_dir": str(tmp_path / "models"),
+                        # pyautoattack's checkpoint sits in this zoo slot: it is standard-trained, so say so
+                        "models": [{"name": "Addepalli2021Towards_RN18", "threat_model": "Linf",
+                                    "label": "pyautoattack ResNet-18 (standard training)",
+                                    "clean_accuracy": 0.9, "robust_accuracy": 0.0}],
+                        "compare": [{"name": "Addepalli2021Towards_RN18", "threat_model": "Linf"}]},
+        "openclip": {"datasets": ["mnist"], "data_root": str(tmp_path / "mnist"), "per_class": 4,
+                     "models": [{"name": "tiny-clip", "pretrained": str(tmp_path / "tiny-clip.pt"),
+                                 "model_config": str(config)}]},
+    }))
+    results = Results(collect(load_profile(profile), tmp_path / "results", progress=False))
+    robustness = results.table("robustness")
+    assert robustness.loc[0, "robust_accuracy"] == 0.0 and robustness.loc[0, "clean_accuracy"] == 0.9
+    assert robustness.loc[0, "model"] == "pyautoattack ResNet-18 (standard training)"
+    assert len(results.kstar(robustness.loc[0, "key"]).kstar) == 40
+    generalisation = results.table("generalisation")
+    assert list(generalisation["data"]) == ["mnist"] and np.isnan(generalisation.loc[0, "accuracy"])  # unpublished
+    assert results.manifest["compare"] == ["Addepalli2021Towards_RN18_Linf"]
+    assert results.table("table").loc[0, "robust_accuracy"] == 0.0
+    assert results.features("Addepalli2021Towards_RN18_Linf").features.shape == (40, 512)
+
+
+def test_published_accuracies_join_the_paper_profile():
+    from kstar_utils.accuracy import openclip_zeroshot, robustbench_accuracy
+
+    rb, oc = robustbench_accuracy(), openclip_zeroshot()
+    paper = load_profile("paper")
+    for m in paper["robustbench"]["models"]:
+        row = rb[(rb["model"] == m["name"]) & (rb["threat_model"] == m["threat_model"])]
+        assert len(row) == 1 and row["source"].str.contains("model_info").all(), m
+    for m in paper["openclip"]["models"]:
+        assert len(oc[(oc["model"] == m["name"]) & (oc["pretrained"] == m["pretrained"])]) == 1, m
+    wang = rb[(rb["model"] == "Wang2023Better_WRN-70-16") & (rb["threat_model"] == "L2")].iloc[0]
+    assert (wang["clean_accuracy"], wang["autoattack_accuracy"]) == (95.54, 84.86)

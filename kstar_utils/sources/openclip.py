@@ -25,10 +25,19 @@ def load(
     layer: str | None = "embedding",
     normalize: bool = False,
     cache_dir: str | os.PathLike | None = None,
+    model_config: str | os.PathLike | None = None,
     **_: object,
 ) -> FeatureModel:
-    """Load OpenCLIP ``model`` (an architecture such as ViT-B-32) with weights ``pretrained`` (a tag or a file)."""
+    """Load OpenCLIP ``model`` (an architecture such as ViT-B-32) with weights ``pretrained`` (a tag or a file).
+
+    ``model_config``: a JSON architecture file (or folder of them) for models open_clip does not know, registered
+    with ``open_clip.add_model_config`` (the model name is the file's stem).
+    """
     open_clip = import_open_clip()
+    if model_config:
+        if not Path(model_config).exists():
+            raise FileNotFoundError(f"OpenCLIP model config {model_config} does not exist.")
+        open_clip.add_model_config(model_config)
     layer = layer or "embedding"
     if layer != "embedding":
         raise ValueError(f"OpenCLIP encoders give layer 'embedding' (encode_image), not {layer!r}.")
@@ -73,7 +82,9 @@ def load(
         module=net,
         transform=preprocess,
         layer="embedding",
-        identity={**weights, "architecture": model, "normalize": normalize, "transform": repr(preprocess)},
+        identity={**weights, "architecture": model, "normalize": normalize, "transform": repr(preprocess),
+                  **({"model_config_sha256": file_sha256(model_config)} if model_config and Path(model_config).is_file()
+                     else {})},
         info={"pretrained": pretrained, "normalize": normalize},
         embed=embed,
     )

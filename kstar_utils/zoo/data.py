@@ -21,3 +21,9 @@ def load_tensors(dataset: str, split: str, root: str | None = None) -> tuple[tor
     x = torch.from_numpy(images).float().div_(255.0)
     x = x.unsqueeze(1) if x.dim() == 3 else x.permute(0, 3, 1, 2)
     return x.contiguous(), torch.from_numpy(data.labels.copy())
+
+
+@functools.lru_cache(maxsize=8)
+def class_names(dataset: str, root: str | None = None) -> tuple[str, ...]:
+    """The class names of ``dataset`` (the same for both splits)."""
+    return tuple(open_dataset(dataset, root, "test").classes)

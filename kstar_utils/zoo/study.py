@@ -33,7 +33,7 @@ from tqdm import tqdm
 from .. import metrics
 from ..kstar import KStarResult, compute_kstar
 from .attacks import accuracy, autoattack_accuracy
-from .data import load_tensors
+from .data import class_names, load_tensors
 from .train import ZooModelSpec, default_zoo_dir, load_trained, save_trained, train_model
 
 
@@ -74,8 +74,8 @@ PROFILES: dict[str, Profile] = {
     # the larger profile: real Fashion-MNIST, 20,000 training images (a seeded subset), within 45 minutes on 2 cores
     "fashion": Profile("fashion", "fashion-mnist", epochs=8, robust_epochs=6, linf_budgets=(0.05, 0.1, 0.2),
                        l2_budgets=(0.5, 1.0, 2.0), eval_eps={"Linf": 0.1, "L2": 1.0}, attack_samples=300,
-                       batch_size=128, pgd_steps=3, kstar_per_class=300, fractions=(0.1, 0.3), widths=(4, 8),
-                       train_limit=20_000),
+                       batch_size=128, pgd_steps=3, kstar_per_class=300, fractions=(0.1, 0.3), widths=(4, 16),
+                       base_width=8, train_limit=20_000),
 }
 
 
@@ -217,7 +217,9 @@ def run_study(profile: str | Profile = "digits", zoo_dir: str | Path | None = No
     start = time.perf_counter()
     x_train, y_train = load_tensors(p.dataset, "train", data_root)
     x_test, y_test = load_tensors(p.dataset, "test", data_root)
+    names = np.asarray(class_names(p.dataset, data_root), dtype=str)
     k_idx = _subset(y_test, p.kstar_per_class, p.seed)
+    k_labels = names[y_test[k_idx].numpy()]
     attack_idx = _subset(y_test, max(1, p.attack_samples // 10), p.seed + 1)
     x_att, y_att = x_test[attack_idx], y_test[attack_idx]
     rows, kstar = [], {}
@@ -231,7 +233,7 @@ def run_study(profile: str | Profile = "digits", zoo_dir: str | Path | None = No
             evaluations[f"autoattack_{norm}_{eps:g}_{p.attack_version}_{len(attack_idx)}"] = (
                 lambda m=model, n=norm, e=eps: _robust(m, x_att, y_att, n, e, p.attack_version, p.seed))
         meta = ensure_evaluated(model, folder, meta, evaluations)
-        res = compute_kstar(penultimate(model, x_test[k_idx]), y_test[k_idx].numpy())
+        res = compute_kstar(penultimate(model, x_test[k_idx]), k_labels)
         kstar[spec.name] = res
         ev = meta["evaluation"]
         row = {"model": spec.name, "training": spec.label, "norm": spec.norm or "none", "eps": spec.eps,
@@ -247,7 +249,7 @@ def run_study(profile: str | Profile = "digits", zoo_dir: str | Path | None = No
         model, folder, meta = ensure_trained(spec, zoo, x_train, y_train, progress)
         for kind in ("clean",) + tuple(p.shifts):
             xs = shift(x_test, kind, p.seed)
-            res = compute_kstar(penultimate(model, xs[k_idx]), y_test[k_idx].numpy())
+            res = compute_kstar(penultimate(model, xs[k_idx]), k_labels)
             kstar[f"{spec.name}@{kind}"] = res
             grows.append({"model": spec.name, "width": spec.width, "train_fraction": spec.train_fraction,
                           "data": kind, "accuracy": accuracy(model, xs, y_test), **_kstar_row(res)})

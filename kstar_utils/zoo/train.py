@@ -11,8 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -138,6 +137,7 @@ def save_trained(folder: Path, model: SmallCNN, spec: ZooModelSpec, meta: dict) 
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / ".model.safetensors.tmp"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    os.chmod(tmp, 0o644)
     os.replace(tmp, folder / "model.safetensors")
     atomic_write_text(folder / "meta.json", json.dumps({"spec": asdict(spec), "key": spec.key(), **meta},
                                                        indent=2, default=str) + "\n")
@@ -159,13 +159,3 @@ def load_trained(folder: Path) -> tuple[SmallCNN, dict] | None:
     model.load_state_dict(state)
     model.eval()
     return model, meta
-
-
-def with_name(spec: ZooModelSpec, name: str) -> ZooModelSpec:
-    return replace(spec, name=name)
-
-
-def timed(fn, *args, **kwargs):
-    start = time.perf_counter()
-    out = fn(*args, **kwargs)
-    return out, time.perf_counter() - start
