@@ -165,10 +165,10 @@ class ANNAccuracyWarning(UserWarning):
     """The ANN path's audit found fewer identical k* than ``ANN_MIN_IDENTICAL``."""
 
 
-def _ann_candidates(data, features: np.ndarray, n_neighbors: int, seed: int, n_jobs: int | None) -> np.ndarray:
+def _ann_candidates(data, n_neighbors: int, seed: int, n_jobs: int | None) -> np.ndarray:
     """Verified candidate radius of every sorted row: the exact distance to its nearest foreign graph neighbour
     (inf where the graph holds no foreign neighbour)."""
-    graph = ann_neighbour_graph(features[data.order], n_neighbors=n_neighbors, seed=seed, n_jobs=n_jobs)
+    graph = ann_neighbour_graph(data.exact.cpu().numpy(), n_neighbors=n_neighbors, seed=seed, n_jobs=n_jobs)
     rows = np.repeat(np.arange(data.n), graph.shape[1])
     cols = graph.ravel()
     keep = (cols >= 0) & (cols != rows) & (data.codes[cols] != data.codes[rows])
@@ -198,14 +198,14 @@ def _ann_counts(data, rows: np.ndarray, radius: np.ndarray, block_size: int | No
     return kstar
 
 
-def _ann_kstar(data, features: np.ndarray, n_neighbors: int, seed: int, n_jobs: int | None, block_size: int | None,
+def _ann_kstar(data, n_neighbors: int, seed: int, n_jobs: int | None, block_size: int | None,
                audit_size: int, min_identical: float | None, progress: bool) -> tuple[np.ndarray | None, dict, dict]:
     """k* (sorted order) from ANN candidates, verified as the module docstring says, audited first.
 
     The audit rows are computed both ways before anything else; when ``min_identical`` is given and the audit falls
     below it, returns None for k* (the caller runs the exact path instead) without doing the full ANN work.
     """
-    radius = _ann_candidates(data, features, n_neighbors, seed, n_jobs)
+    radius = _ann_candidates(data, n_neighbors, seed, n_jobs)
     rng = np.random.default_rng(seed)
     size = int(min(max(audit_size, 0), data.n))
     audit_rows = np.sort(rng.choice(data.n, size=size, replace=False)) if size else np.empty(0, dtype=np.int64)
@@ -253,7 +253,7 @@ def compute_kstar(
     method : "exact", "ann" (pynndescent plus exact verification) or "auto" (by problem size)
     threshold : pattern threshold t of SPEC (Fractured > t, Clustered < -t)
     device : "cpu", "cuda", "cuda:1", or None / "auto" for CUDA when available
-    block_size : query rows per block (memory grows as block_size x N); default: about 256 MiB of float32
+    block_size : query rows per block (memory grows as block_size x N); default: about 8 MiB of float32
     n_neighbors, seed, n_jobs, audit_size : the ANN path's graph size, seed, threads and audit sample size
     """
     checked = check_inputs(features, labels, metric)
@@ -267,7 +267,7 @@ def compute_kstar(
     audit, extra, kstar_sorted = None, {}, None
     if resolved == "ann":
         # Under "auto" an ANN result that fails its audit is not returned: the exact path runs instead.
-        kstar_sorted, audit, extra = _ann_kstar(data, x, n_neighbors, seed, n_jobs, block_size, audit_size,
+        kstar_sorted, audit, extra = _ann_kstar(data, n_neighbors, seed, n_jobs, block_size, audit_size,
                                                 ANN_MIN_IDENTICAL if method == "auto" else None, progress)
         if kstar_sorted is None:
             warnings.warn(
@@ -327,4 +327,4 @@ def versions(packages: tuple[str, ...] = ("kstar_utils", "numpy", "scipy", "torc
     return out
 
 
-__all__ = ["KStarResult", "compute_kstar", "choose_method", "versions", "AUTO_EXACT_MAX_WORK"]
+__all__ = ["KStarResult", "compute_kstar", "choose_method", "versions", "ANNAccuracyWarning", "AUTO_EXACT_MAX_WORK"]

@@ -118,7 +118,8 @@ def _collect_study(profile: dict, out: Path, progress: bool) -> dict:
     gen = study.generalisation.copy()
     gen["key"] = gen["model"] + "@" + gen["data"]
     table = rob[["model", "training", "gamma", "gamma_prime", "fractured", "overlapped", "clustered",
-                 "clean_accuracy"] + [c for c in rob.columns if c.startswith("robust_accuracy_")]].copy()
+                 "clean_accuracy"] + [c for c in rob.columns if c.startswith("robust_accuracy_")]
+                + ["autoattack_flags"]].copy()
 
     x_train, y_train = load_tensors(p.dataset, "train", root)
     x_test, y_test = load_tensors(p.dataset, "test", root)
@@ -389,7 +390,8 @@ Data: {html.escape(str(m.get('data', '')))}.</p>
 <h2>Table 1</h2>
 {table_html}
 <p class="meta">Also as CSV: <a href="results/summary_table.csv">results/summary_table.csv</a>. A dash: not evaluated
-(each robust model is attacked under its own threat model, as on RobustBench's leaderboards).</p>
+(each robust model is attacked under its own threat model, as on RobustBench's leaderboards). autoattack_flags counts
+AutoAttack's own reliability warnings for that model (recorded in the zoo's meta.json), if any.</p>
 <h2>Figures</h2><ul>{links}</ul>
 <h2>Per-model pages</h2><ul>{model_links}</ul>
 <p class="meta">Profile {html.escape(m['profile'])}; results collected {html.escape(m['created'])}. Made by kstar_utils

@@ -8,6 +8,9 @@ Robust accuracy is measured with the ``autoattack`` package that RobustBench use
 
 from __future__ import annotations
 
+import logging
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -71,7 +74,25 @@ def autoattack_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm
     adversary = AutoAttack(model, norm=norm, eps=eps, version=version, device=str(x.device), seed=seed,
                            attacks=attacks if version == "custom" else None)
     adversary.verbose = False
-    x_adv, _ = adversary.run_standard_evaluation(x, y, batch_size=batch_size)  # pyautoattack: (x_adv, y_adv)
+    checks = _Collect()  # AutoAttack's own reliability flags (e.g. a black-box attack beating the white-box ones)
+    logger = logging.getLogger("auto-attack")
+    logger.addHandler(checks)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            x_adv, _ = adversary.run_standard_evaluation(x, y, batch_size=batch_size)  # (x_adv, y_adv)
+    finally:
+        logger.removeHandler(checks)
     robust = accuracy(model, x_adv, y)  # re-checked on the returned examples, not taken from the attack's log
+    flags = checks.messages + [str(w.message) for w in caught if "autoattack" in (w.filename or "").lower()]
     return {"robust_accuracy": robust, "norm": norm, "eps": eps, "version": version,
-            "attacks": list(adversary.attacks_to_run), "n": int(len(x))}
+            "attacks": list(adversary.attacks_to_run), "n": int(len(x)), "autoattack_flags": flags}
+
+
+class _Collect(logging.Handler):
+    def __init__(self):
+        super().__init__(level=logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
