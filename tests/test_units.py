@@ -243,6 +243,11 @@ def test_zoo_helpers(tmp_path, monkeypatch):
     save_trained(tmp_path / "m", model, spec, {"train_seconds": 1.0})
     loaded, meta = load_trained(tmp_path / "m")
     assert torch.equal(loaded.classifier.weight, model.classifier.weight) and meta["key"] == spec.key()
+    wide = build_model(8, 16, image_size=28)  # the fourth convolution for 28 x 28 inputs
+    save_trained(tmp_path / "w", wide, spec, {})
+    back, _ = load_trained(tmp_path / "w")
+    x28 = torch.rand(2, 1, 28, 28)
+    assert len(back.body) == len(wide.body) > len(model.body) and torch.equal(back.eval()(x28), wide.eval()(x28))
     calls = []
     meta = ensure_evaluated(loaded, tmp_path / "m", meta, {"score": lambda: calls.append(1) or 0.5})
     meta = ensure_evaluated(loaded, tmp_path / "m", meta, {"score": lambda: calls.append(1) or 0.5})

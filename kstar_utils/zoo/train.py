@@ -23,7 +23,7 @@ from ..io import atomic_write_text
 from .attacks import pgd
 from .models import SmallCNN, build_model
 
-TRAINING_CODE_VERSION = 1
+TRAINING_CODE_VERSION = 2  # 2: fourth convolution for inputs >= 16 pixels
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ def train_model(spec: ZooModelSpec, x_train: torch.Tensor, y_train: torch.Tensor
     torch.manual_seed(spec.seed)
     subset = torch.from_numpy(train_subset(len(x_train), spec.train_fraction, spec.seed, spec.train_limit))
     x, y = x_train[subset], y_train[subset]
-    model = build_model(spec.width, spec.latent, in_channels=x.shape[1])
+    model = build_model(spec.width, spec.latent, in_channels=x.shape[1], image_size=x.shape[-1])
     optimizer = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=0.9, nesterov=True,
                                 weight_decay=spec.weight_decay)
     steps_per_epoch = (len(x) + spec.batch_size - 1) // spec.batch_size
@@ -155,7 +155,8 @@ def load_trained(folder: Path) -> tuple[SmallCNN, dict] | None:
     spec = ZooModelSpec(**meta["spec"])
     state = load_file(str(weights))
     in_channels = state["body.0.weight"].shape[1]
-    model = build_model(spec.width, spec.latent, in_channels=in_channels)
+    model = SmallCNN(in_channels=in_channels, width=spec.width, latent=spec.latent,
+                     extra_stage="body.11.weight" in state)  # the fourth convolution's weights
     model.load_state_dict(state)
     model.eval()
     return model, meta
