@@ -194,19 +194,8 @@ def _load_image_folder(root: str | os.PathLike | None, split: str) -> LabelledIm
         ds = ImageFolder(str(folder))
     except FileNotFoundError as err:
         raise DatasetNotFoundError(f"no class folders with images in {folder}: {err}") from err
-    return LabelledImages(_ImageFolderImages(ds), np.asarray(ds.targets, dtype=np.int64), list(ds.classes),
-                          "imagefolder", split, str(folder))
-
-
-class _ImageFolderImages(Dataset):
-    def __init__(self, folder):
-        self.folder = folder
-
-    def __len__(self) -> int:
-        return len(self.folder)
-
-    def __getitem__(self, index: int) -> Image.Image:
-        return self.folder[index][0]
+    return LabelledImages(ds, np.asarray(ds.targets, dtype=np.int64), list(ds.classes), "imagefolder", split,
+                          str(folder))
 
 
 def _imagenet(root: str | os.PathLike | None, split: str) -> LabelledImages:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,15 +85,10 @@ class _TransformedSubset(Dataset):
 
 
 def library_versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
+    """Versions of the libraries that extracted numbers depend on (from package metadata)."""
+    from .kstar import versions
 
-    out = {"python": platform.python_version()}
-    for name in ("torch", "torchvision", "open_clip_torch", "robustbench", "timm", "kstar_utils"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            pass
-    return out
+    return versions(("torch", "torchvision", "open_clip_torch", "robustbench", "timm", "kstar_utils"))
 
 
 def _digest(array: np.ndarray) -> str:

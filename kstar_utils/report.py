@@ -322,24 +322,20 @@ def _ipc_kernel_manager(socket_dir: Path):
     return IPCKernelManager
 
 
-def execute(notebook: Path, output: Path, parameters: dict, cwd: Path, socket_dir: Path | None = None) -> Path:
-    """Run a notebook with papermill (inline matplotlib backend: Agg would drop every figure)."""
+def execute(notebook: Path, output: Path, parameters: dict, cwd: Path) -> Path:
+    """Run a notebook with papermill (inline matplotlib backend: Agg would drop every figure), its kernel on IPC
+    sockets in a private temporary folder."""
     import tempfile
 
     import papermill as pm
 
-    with tempfile.TemporaryDirectory(prefix="kstar-kernel-") as private:
-        return _execute(pm, notebook, output, parameters, cwd, Path(socket_dir or private))
-
-
-def _execute(pm, notebook: Path, output: Path, parameters: dict, cwd: Path, socket_dir: Path) -> Path:
-
     previous = os.environ.get("MPLBACKEND")
     os.environ["MPLBACKEND"] = INLINE_BACKEND
     try:
-        pm.execute_notebook(str(notebook), str(output), parameters=parameters, kernel_name="python3", cwd=str(cwd),
-                            progress_bar=False, log_output=False,
-                            kernel_manager_class=_ipc_kernel_manager(socket_dir))
+        with tempfile.TemporaryDirectory(prefix="kstar-kernel-") as sockets:
+            pm.execute_notebook(str(notebook), str(output), parameters=parameters, kernel_name="python3",
+                                cwd=str(cwd), progress_bar=False, log_output=False,
+                                kernel_manager_class=_ipc_kernel_manager(Path(sockets)))
     finally:
         if previous is None:
             os.environ.pop("MPLBACKEND", None)
