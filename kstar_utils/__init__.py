@@ -8,16 +8,18 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .kstar import ANNAccuracyWarning, KStarResult, compute_kstar  # noqa: E402
+from .errors import ANNAccuracyWarning, KStarError, KStarInputError, KStarWarning, SmallClassWarning  # noqa: E402
+from .kstar import KStarResult, compute_kstar  # noqa: E402
 from .metrics import correlation, gamma_approx, gamma_true, kstar_skew, pattern_of, per_class_table  # noqa: E402
-from .validation import KStarInputError, SmallClassWarning  # noqa: E402
 
 __all__ = [
     "__version__",
     "ANNAccuracyWarning",
     "KStarResult",
     "compute_kstar",
+    "KStarError",
     "KStarInputError",
+    "KStarWarning",
     "SmallClassWarning",
     "correlation",
     "gamma_approx",

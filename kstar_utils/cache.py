@@ -11,57 +11,26 @@ reused. No pickles anywhere: safetensors and JSON only.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
-import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
 
-from .io import atomic_write_text
+from .errors import CacheCorruptionWarning  # noqa: F401  (raised here)
+from .plumbing import atomic_path, atomic_write_text, default_feature_cache_dir, sha256_file, stable_hash
 
 ARRAYS = "arrays.safetensors"
 META = "meta.json"
 
 
-class CacheCorruptionWarning(UserWarning):
-    """A cache entry did not verify and is being recomputed."""
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("KSTAR_CACHE", Path.home() / ".cache" / "kstar" / "features"))
-
-
-def cache_key(spec: dict) -> str:
-    """SHA-256 of the canonical JSON of ``spec`` (sorted keys): equal specs give equal keys on any machine."""
-    text = json.dumps(spec, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(2**20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _atomic_save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
     from safetensors.numpy import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp))
 
 
 def _load_arrays(path: Path) -> dict[str, np.ndarray]:
@@ -74,10 +43,10 @@ class FeatureCache:
     """Folder-per-entry feature cache. ``entry(spec)`` gives the handle for one extraction."""
 
     def __init__(self, root: str | os.PathLike | None = None):
-        self.root = Path(root) if root else default_cache_dir()
+        self.root = Path(root) if root else default_feature_cache_dir()
 
     def entry(self, spec: dict) -> "CacheEntry":
-        return CacheEntry(self.root / cache_key(spec), spec)
+        return CacheEntry(self.root / stable_hash(spec), spec)
 
 
 class CacheEntry:
@@ -103,7 +72,7 @@ class CacheEntry:
                 problem = "its key fields do not match this request"
             elif not arrays_path.exists():
                 problem = f"{ARRAYS} is missing"
-            elif _sha256_file(arrays_path) != meta.get("arrays_sha256"):
+            elif sha256_file(arrays_path) != meta.get("arrays_sha256"):
                 problem = f"{ARRAYS} does not match its recorded checksum"
             if problem is None:
                 arrays = _load_arrays(arrays_path)
@@ -119,7 +88,7 @@ class CacheEntry:
         """Write the finished arrays, then meta.json (the commit mark), then drop the partial batches."""
         arrays_path = self.folder / ARRAYS
         _atomic_save_arrays(arrays_path, arrays)
-        meta = {**meta, "spec": self.spec, "arrays_sha256": _sha256_file(arrays_path)}
+        meta = {**meta, "spec": self.spec, "arrays_sha256": sha256_file(arrays_path)}
         atomic_write_text(self.folder / META, json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
         shutil.rmtree(self.partial, ignore_errors=True)
         return meta

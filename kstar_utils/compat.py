@@ -22,9 +22,7 @@ import sys
 import warnings
 from types import ModuleType
 
-
-class MissingDependencyError(ImportError):
-    """A model-source dependency is missing; the message says what to install."""
+from .errors import MissingDependencyError
 
 
 def alias_autoattack() -> ModuleType:

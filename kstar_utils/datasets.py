@@ -22,11 +22,10 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
+from .errors import DatasetNotFoundError, KStarInputError
+from .plumbing import default_data_dir
+
 DOWNLOAD_TIMEOUT_S = 15.0
-
-
-class DatasetNotFoundError(FileNotFoundError):
-    """A data set's files are missing; the message names what to place and where."""
 
 
 @dataclass
@@ -63,10 +62,6 @@ def short_socket_timeout(seconds: float = DOWNLOAD_TIMEOUT_S) -> Iterator[None]:
         yield
     finally:
         socket.setdefaulttimeout(previous)
-
-
-def default_data_root() -> Path:
-    return Path(os.environ.get("KSTAR_DATA", Path.home() / ".cache" / "kstar" / "data"))
 
 
 SYSTEM_IDX_FOLDERS = {"FashionMNIST": Path("/usr/share/datasets/fashion-mnist"),  # Debian: dataset-fashion-mnist
@@ -109,12 +104,12 @@ def _torchvision(name: str, factory: Callable[..., Dataset], split_kw: Callable[
     """
 
     def load(root: str | os.PathLike | None, split: str) -> LabelledImages:
-        root_path = Path(root) if root else default_data_root()
+        root_path = Path(root) if root else default_data_dir()
         class_name = getattr(factory, "__name__", "")
         if class_name in SYSTEM_IDX_FOLDERS:
             source = Path(root) if root else SYSTEM_IDX_FOLDERS[class_name]
             target = root_path if os.access(root_path if root_path.exists() else root_path.parent, os.W_OK) \
-                else default_data_root()
+                else default_data_dir()
             if source.is_dir() and unpack_idx_folder(source, target, class_name):
                 root_path = target
         kwargs = split_kw(split)
@@ -142,7 +137,7 @@ def _torchvision(name: str, factory: Callable[..., Dataset], split_kw: Callable[
 
 def _train_flag(split: str) -> dict:
     if split not in ("train", "test"):
-        raise ValueError(f"unknown split {split!r}; use 'train' or 'test'.")
+        raise KStarInputError(f"unknown split {split!r}; use 'train' or 'test'.")
     return {"train": split == "train"}
 
 
@@ -161,7 +156,7 @@ def _load_digits(root: str | os.PathLike | None, split: str) -> LabelledImages:
     test = index % 3 == 2
     chosen = index[test] if split == "test" else index[~test] if split == "train" else None
     if chosen is None:
-        raise ValueError(f"unknown split {split!r}; use 'train' or 'test'.")
+        raise KStarInputError(f"unknown split {split!r}; use 'train' or 'test'.")
     return LabelledImages(ArrayImages(images[chosen]), labels[chosen], [str(d) for d in range(10)], "digits", split,
                           None, {"source": "sklearn.datasets.load_digits"})
 
@@ -267,7 +262,7 @@ def open_dataset(name: str, root: str | os.PathLike | None = None, split: str = 
     _ensure_torchvision()
     key = _ALIASES.get(name.lower(), name.lower())
     if key not in DATASETS:
-        raise ValueError(f"unknown data set {name!r}; choose from {', '.join(sorted(DATASETS))}.")
+        raise KStarInputError(f"unknown data set {name!r}; choose from {', '.join(sorted(DATASETS))}.")
     return DATASETS[key](root, split)
 
 
@@ -280,7 +275,7 @@ def subsample_per_class(labels: np.ndarray, per_class: int | None, seed: int = 0
     if per_class is None:
         return np.arange(len(labels))
     if per_class < 1:
-        raise ValueError(f"per_class must be at least 1, got {per_class}.")
+        raise KStarInputError(f"per_class must be at least 1, got {per_class}.")
     rng = np.random.default_rng(seed)
     chosen = []
     for label in np.unique(labels):

@@ -8,7 +8,6 @@ Batches are saved as they finish (see :mod:`kstar_utils.cache`), so an interrupt
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -23,21 +22,10 @@ from tqdm import tqdm
 
 from .cache import FeatureCache
 from .datasets import LabelledImages, subsample_per_class
-from .io import atomic_write_text, write_json
+from .plumbing import atomic_write_text, pick_device, sha256_array, write_json
 from .sources.base import FeatureModel
 
 AMP_DTYPES = {"cuda": torch.float16, "cpu": torch.bfloat16, "mps": torch.float16}
-
-
-def pick_device(device: str | torch.device | None = None) -> torch.device:
-    """The device asked for, else CUDA, then Apple MPS, then CPU."""
-    if device not in (None, "auto"):
-        return torch.device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
 
 
 @dataclass
@@ -91,10 +79,6 @@ def library_versions() -> dict:
     return versions(("torch", "torchvision", "open_clip_torch", "robustbench", "timm", "kstar_utils"))
 
 
-def _digest(array: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()[:16]
-
-
 def extraction_spec(model: FeatureModel, data: LabelledImages, indices: np.ndarray, per_class: int | None, seed: int,
                     batch_size: int, device: torch.device, amp: bool) -> dict:
     """Everything that changes the extracted numbers: the cache key is its hash."""
@@ -106,10 +90,10 @@ def extraction_spec(model: FeatureModel, data: LabelledImages, indices: np.ndarr
         "dataset": data.name,
         "split": data.split,
         "dataset_size": len(data),
-        "labels_sha": _digest(data.labels),
+        "labels_sha": sha256_array(data.labels),
         "per_class": per_class,
         "seed": seed,
-        "indices_sha": _digest(indices.astype(np.int64)),
+        "indices_sha": sha256_array(indices.astype(np.int64)),
         "dtype": "float32",
         "amp": str(AMP_DTYPES[device.type]) if amp and device.type in AMP_DTYPES else None,
         "batch_size": batch_size,

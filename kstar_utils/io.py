@@ -11,18 +11,15 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from .validation import KStarInputError
+from .errors import KStarInputError
+from .plumbing import atomic_write_text, write_json
 
 FEATURE_FORMATS = (".npy", ".npz", ".csv", ".txt", ".parquet")
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 LABEL_COLUMNS = ("label", "labels", "class", "y", "target")
@@ -128,49 +125,6 @@ def read_labels(path: str | os.PathLike) -> np.ndarray:
             f"labels file {p} has {table.shape[1]} columns; give one column, or name the label column 'label'."
         )
     return table.iloc[:, 0].to_numpy()
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write text to ``path`` through a temporary file in the same folder and a rename."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; results are shared like any other file
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def json_safe(value: Any) -> Any:
-    """Strict-JSON form of nested data: NaN -> None (null), +/-inf -> "inf"/"-inf", numpy scalars -> Python."""
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not np.isfinite(value):
-        return None if np.isnan(value) else ("inf" if value > 0 else "-inf")
-    return value
-
-
-def write_json(path: str | os.PathLike, data: Any) -> None:
-    """Atomic, strict JSON (NaN written as null, infinities as strings), indented for people."""
-    atomic_write_text(path, json.dumps(json_safe(data), indent=2, allow_nan=False, default=_json_default) + "\n")
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, (np.ndarray,)):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"cannot write {type(value).__name__} to JSON")
 
 
 def write_result(result, out_dir: str | os.PathLike, inputs: dict | None = None) -> dict[str, Path]:

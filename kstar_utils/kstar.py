@@ -29,6 +29,7 @@ import pandas as pd
 import torch
 
 from . import metrics
+from .errors import ANNAccuracyWarning, KStarInputError
 from .neighbours import (
     ann_neighbour_graph,
     exact_counts,
@@ -161,10 +162,6 @@ def choose_method(n: int, dim: int, method: str = "auto") -> str:
     return "exact" if float(n) * n * dim <= AUTO_EXACT_MAX_WORK else "ann"
 
 
-class ANNAccuracyWarning(UserWarning):
-    """The ANN path's audit found fewer identical k* than ``ANN_MIN_IDENTICAL``."""
-
-
 def _ann_candidates(data, n_neighbors: int, seed: int, n_jobs: int | None) -> np.ndarray:
     """Verified candidate radius of every sorted row: the exact distance to its nearest foreign graph neighbour
     (inf where the graph holds no foreign neighbour)."""
@@ -258,7 +255,7 @@ def compute_kstar(
     """
     checked = check_inputs(features, labels, metric)
     if not (isinstance(threshold, (int, float)) and math.isfinite(threshold) and threshold >= 0):
-        raise ValueError(f"threshold must be a finite number >= 0, got {threshold!r}.")
+        raise KStarInputError(f"threshold must be a finite number >= 0, got {threshold!r}.")
     x, codes, classes = checked.features, checked.codes, checked.classes
     n, dim = x.shape
     resolved = choose_method(n, dim, method)

@@ -18,6 +18,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from .errors import KStarInputError
+
 FRACTURED = "Fractured"
 OVERLAPPED = "Overlapped"
 CLUSTERED = "Clustered"
@@ -39,7 +41,7 @@ def kstar_skew(values: np.ndarray) -> float:
 def pattern_of(skew: float, threshold: float = DEFAULT_THRESHOLD) -> str:
     """SPEC's pattern of a class from its skew: > t Fractured, < -t Clustered, otherwise (NaN included) Overlapped."""
     if threshold < 0:
-        raise ValueError(f"the pattern threshold must be non-negative, got {threshold}.")
+        raise KStarInputError(f"the pattern threshold must be non-negative, got {threshold}.")
     if math.isnan(skew):
         return OVERLAPPED
     if skew > threshold:

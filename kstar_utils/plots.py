@@ -16,6 +16,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from . import metrics
+from .errors import KStarInputError
 from .kstar import KStarResult
 
 REGION_FILL = {"Fractured": "#4c72b0", "Overlapped": "#dd5555", "Clustered": "#55a868"}
@@ -79,7 +80,7 @@ def embedding_scatter(features: np.ndarray, labels: Sequence, method: str = "tsn
 
         xy = umap.UMAP(n_components=2, random_state=seed, n_neighbors=min(15, len(x) - 1), n_jobs=1).fit_transform(x)
     else:
-        raise ValueError(f"unknown method {method!r}; use 'tsne' or 'umap'.")
+        raise KStarInputError(f"unknown method {method!r}; use 'tsne' or 'umap'.")
     if ax is None:
         fig, ax = plt.subplots(figsize=(5, 4.5))
     else:

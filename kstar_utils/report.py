@@ -24,14 +24,15 @@ import os
 import re
 import shutil
 from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import yaml
 from tqdm import tqdm
 
 from . import metrics
-from .io import atomic_write_text, write_json
 from .kstar import KStarResult, compute_kstar
+from .plumbing import atomic_write_text, write_json
 
 NOTEBOOKS = (
     ("01_framework", "Figure 1: the k* framework"),

@@ -18,12 +18,7 @@ METHODS = ("auto", "exact", "ann")
 MIN_CLASS_SIZE_WITHOUT_WARNING = 3
 
 
-class KStarInputError(ValueError):
-    """Bad input to the k* engine; the message names the problem and the fix."""
-
-
-class SmallClassWarning(UserWarning):
-    """A class has so few samples that its skewness says little."""
+from .errors import KStarInputError, SmallClassWarning  # noqa: F401  (re-exported: validation raises them)
 
 
 @dataclass(frozen=True)

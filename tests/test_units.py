@@ -15,9 +15,9 @@ import pandas as pd
 import pytest
 import torch
 
-from kstar_utils import cache, io, neighbours, validation
+from kstar_utils import cache, io, neighbours, plumbing, validation
 from kstar_utils.compat import MissingDependencyError, alias_autoattack, import_open_clip, import_robustbench
-from kstar_utils.datasets import (ArrayImages, LabelledImages, default_data_root, open_dataset, register_dataset,
+from kstar_utils.datasets import (ArrayImages, LabelledImages, open_dataset, register_dataset,
                                   short_socket_timeout, unpack_idx_folder)
 
 
@@ -102,21 +102,21 @@ def test_validation_helpers():
 
 # ------------------------------------------------------------------------------------------------------------ io/cache
 def test_json_helpers_and_atomic_writes(tmp_path):
-    assert io.json_safe({"a": float("nan"), "b": [float("inf"), -float("inf")], "c": np.int64(3)}) == \
+    assert plumbing.json_safe({"a": float("nan"), "b": [float("inf"), -float("inf")], "c": np.int64(3)}) == \
         {"a": None, "b": ["inf", "-inf"], "c": 3}
-    io.write_json(tmp_path / "x.json", {"v": np.float32(1.5), "p": tmp_path})
+    plumbing.write_json(tmp_path / "x.json", {"v": np.float32(1.5), "p": tmp_path})
     assert json.loads((tmp_path / "x.json").read_text())["v"] == 1.5
-    io.atomic_write_text(tmp_path / "sub" / "t.txt", "hello")
+    plumbing.atomic_write_text(tmp_path / "sub" / "t.txt", "hello")
     path = tmp_path / "sub" / "t.txt"
     assert path.read_text() == "hello" and stat.S_IMODE(path.stat().st_mode) & 0o044  # readable by others
     assert not list((tmp_path / "sub").glob(".*tmp"))
 
 
 def test_cache_key_and_entries(tmp_path, monkeypatch):
-    assert cache.cache_key({"a": 1, "b": [2, 3]}) == cache.cache_key({"b": [2, 3], "a": 1})
-    assert cache.cache_key({"a": 1}) != cache.cache_key({"a": 2})
+    assert plumbing.stable_hash({"a": 1, "b": [2, 3]}) == plumbing.stable_hash({"b": [2, 3], "a": 1})
+    assert plumbing.stable_hash({"a": 1}) != plumbing.stable_hash({"a": 2})
     monkeypatch.setenv("KSTAR_CACHE", str(tmp_path / "c"))
-    assert cache.default_cache_dir() == tmp_path / "c"
+    assert plumbing.default_feature_cache_dir() == tmp_path / "c"
     entry = cache.FeatureCache().entry({"model": "m"})
     assert isinstance(entry, cache.CacheEntry) and entry.load() is None
     entry.save_batch(0, {"features": np.ones((2, 3), np.float32)})
@@ -149,7 +149,7 @@ def test_autoattack_alias_and_imports(monkeypatch):
 # ----------------------------------------------------------------------------------------------------------- datasets
 def test_dataset_helpers(tmp_path, monkeypatch):
     monkeypatch.setenv("KSTAR_DATA", str(tmp_path / "data"))
-    assert default_data_root() == tmp_path / "data"
+    assert plumbing.default_data_dir() == tmp_path / "data"
     with short_socket_timeout(3.0):
         assert socket.getdefaulttimeout() == 3.0
     assert socket.getdefaulttimeout() is None
@@ -179,7 +179,7 @@ def test_robustbench_helpers(tmp_path):
     from kstar_utils.sources import robustbench as rb
 
     assert rb.checkpoint_path("M", "cifar10", "L2", tmp_path) == tmp_path / "cifar10" / "L2" / "M.pt"
-    assert rb.default_model_dir().name == "robustbench" or "KSTAR_ROBUSTBENCH_DIR" in os.environ
+    assert plumbing.default_robustbench_dir().name == "robustbench" or "KSTAR_ROBUSTBENCH_DIR" in os.environ
     assert "model" in rb.zoo_entry("Standard", "cifar10", "Linf")
     assert rb.ResizeIfNeeded(32)(Image.new("RGB", (40, 20))).size == (32, 32)
     assert rb.input_transform("cifar10")(Image.new("L", (32, 32))).shape == (3, 32, 32)
@@ -217,9 +217,9 @@ def test_extraction_key_covers_what_changes_the_numbers():
     data = open_dataset("digits", split="test")
     idx = np.arange(10)
     base = extraction_spec(model, data, idx, None, 0, 64, torch.device("cpu"), False)
-    assert cache.cache_key(base) != cache.cache_key(extraction_spec(model, data, idx, None, 0, 32,
+    assert plumbing.stable_hash(base) != plumbing.stable_hash(extraction_spec(model, data, idx, None, 0, 32,
                                                                    torch.device("cpu"), False))
-    assert cache.cache_key(base) != cache.cache_key(extraction_spec(model, data, idx[:5], None, 0, 64,
+    assert plumbing.stable_hash(base) != plumbing.stable_hash(extraction_spec(model, data, idx[:5], None, 0, 64,
                                                                    torch.device("cpu"), False))
     assert extraction_spec(model, data, idx, None, 0, 64, torch.device("cpu"), True)["amp"] == "torch.bfloat16"
     assert "torch" in library_versions()

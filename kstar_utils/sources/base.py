@@ -13,16 +13,10 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from ..errors import KStarInputError, LayerNotFoundError, WeightsNotFoundError
+
 LAYERS = ("penultimate", "logits", "embedding")
 HTML_MARKERS = (b"<!doctype html", b"<html", b"<!DOCTYPE html", b"<HTML")
-
-
-class WeightsNotFoundError(FileNotFoundError):
-    """Model weights are missing (or broken); the message names the file to place and where."""
-
-
-class LayerNotFoundError(RuntimeError):
-    """The requested layer cannot be found generically in this model; the message says what to use instead."""
 
 
 @dataclass
@@ -183,12 +177,12 @@ def register_source(name: str, loader: str | Callable[..., FeatureModel]) -> Non
 def load_source(source: str, model: str, **options: Any) -> FeatureModel:
     """Load ``model`` from feature source ``source`` (robustbench, openclip, torchvision, pixels, builtin, ...)."""
     if source not in SOURCES:
-        raise ValueError(f"unknown feature source {source!r}; choose from {', '.join(sorted(SOURCES))}.")
+        raise KStarInputError(f"unknown feature source {source!r}; choose from {', '.join(sorted(SOURCES))}.")
     loader = SOURCES[source]
     if isinstance(loader, str):
         module_name, func = loader.split(":")
         loader = getattr(importlib.import_module(module_name), func)
     layer = options.get("layer")
     if layer is not None and layer not in LAYERS:
-        raise ValueError(f"unknown layer {layer!r}; use one of {', '.join(LAYERS)}.")
+        raise KStarInputError(f"unknown layer {layer!r}; use one of {', '.join(LAYERS)}.")
     return loader(model, **options)

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from ..compat import import_open_clip
 from ..datasets import offline
+from ..errors import KStarInputError
 from .base import FeatureModel, WeightsNotFoundError, check_weights_file, file_sha256
 
 
@@ -40,11 +41,11 @@ def load(
         open_clip.add_model_config(model_config)
     layer = layer or "embedding"
     if layer != "embedding":
-        raise ValueError(f"OpenCLIP encoders give layer 'embedding' (encode_image), not {layer!r}.")
+        raise KStarInputError(f"OpenCLIP encoders give layer 'embedding' (encode_image), not {layer!r}.")
     if not pretrained:
-        raise ValueError(f"OpenCLIP model {model} needs --pretrained TAG (see open_clip.list_pretrained()) or a file.")
+        raise KStarInputError(f"OpenCLIP model {model} needs --pretrained TAG (see open_clip.list_pretrained()) or a file.")
     if model not in open_clip.list_models() and not model.startswith(("hf-hub:", "local-dir:")):
-        raise ValueError(f"unknown OpenCLIP architecture {model!r}; see open_clip.list_models().")
+        raise KStarInputError(f"unknown OpenCLIP architecture {model!r}; see open_clip.list_models().")
     local = Path(pretrained)
     is_file = local.suffix in (".bin", ".pt", ".pth", ".safetensors") or local.exists()
     if is_file:
@@ -53,7 +54,7 @@ def load(
     else:
         known = [tag for arch, tag in open_clip.list_pretrained() if arch == model]
         if pretrained not in known:
-            raise ValueError(f"OpenCLIP has no pretrained tag {pretrained!r} for {model}; known tags: {known}.")
+            raise KStarInputError(f"OpenCLIP has no pretrained tag {pretrained!r} for {model}; known tags: {known}.")
         weights = {"pretrained_tag": pretrained}
     os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "10")
     os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "30")

@@ -16,14 +16,12 @@ from pathlib import Path
 from torchvision import transforms
 
 from ..datasets import offline, short_socket_timeout
+from ..errors import KStarInputError
+from ..plumbing import default_robustbench_dir
 from .base import FeatureModel, WeightsNotFoundError, check_weights_file, file_sha256
 
 DATASETS = {"cifar10": "cifar10", "cifar-10": "cifar10", "cifar100": "cifar100", "cifar-100": "cifar100",
             "imagenet": "imagenet"}
-
-
-def default_model_dir() -> Path:
-    return Path(os.environ.get("KSTAR_ROBUSTBENCH_DIR", Path.home() / ".cache" / "kstar" / "robustbench"))
 
 
 class ResizeIfNeeded:
@@ -58,10 +56,10 @@ def zoo_entry(model: str, dataset: str, threat_model: str) -> dict:
     try:
         entries = model_dicts[BenchmarkDataset(dataset)][ThreatModel(threat_model)]
     except (ValueError, KeyError) as err:
-        raise ValueError(f"RobustBench has no {dataset}/{threat_model} leaderboard ({err}).") from err
+        raise KStarInputError(f"RobustBench has no {dataset}/{threat_model} leaderboard ({err}).") from err
     if model not in entries:
         close = difflib.get_close_matches(model, list(entries), n=5)
-        raise ValueError(
+        raise KStarInputError(
             f"{model!r} is not a RobustBench {dataset}/{threat_model} model" + (f"; did you mean {close}?" if close else ".")
         )
     return entries[model]
@@ -69,7 +67,7 @@ def zoo_entry(model: str, dataset: str, threat_model: str) -> dict:
 
 def checkpoint_path(model: str, dataset: str, threat_model: str, model_dir: str | os.PathLike | None) -> Path:
     """Where RobustBench's loader reads (and downloads) this model's checkpoint."""
-    return Path(model_dir or default_model_dir()) / dataset / threat_model / f"{model}.pt"
+    return Path(model_dir or default_robustbench_dir()) / dataset / threat_model / f"{model}.pt"
 
 
 def load(
@@ -87,14 +85,14 @@ def load(
     when missing and the network is available). ``pretrained`` is not used: RobustBench names its weights by model.
     """
     if pretrained:
-        raise ValueError("RobustBench models take no --pretrained; put the checkpoint under --model-dir as "
+        raise KStarInputError("RobustBench models take no --pretrained; put the checkpoint under --model-dir as "
                          f"MODEL_DIR/<dataset>/<threat model>/{model}.pt.")
     layer = layer or "penultimate"
     ds = DATASETS.get(dataset.lower())
     if ds is None:
-        raise ValueError(f"RobustBench covers cifar10, cifar100 and imagenet, not {dataset!r}.")
+        raise KStarInputError(f"RobustBench covers cifar10, cifar100 and imagenet, not {dataset!r}.")
     entry = zoo_entry(model, ds, threat_model)
-    model_dir = Path(model_dir or default_model_dir())
+    model_dir = Path(model_dir or default_robustbench_dir())
     path = checkpoint_path(model, ds, threat_model, model_dir)
     gdrive = entry.get("gdrive_id")
     if isinstance(gdrive, list):

@@ -13,6 +13,7 @@ import torch
 from torchvision import models, transforms
 
 from ..datasets import offline, short_socket_timeout
+from ..errors import KStarInputError
 from .base import FeatureModel, WeightsNotFoundError, check_weights_file, file_sha256, load_state_dict
 
 IMAGENET_EVAL = transforms.Compose([
@@ -29,7 +30,7 @@ def load(model: str, pretrained: str | None = "DEFAULT", layer: str | None = "pe
     """Load torchvision model ``model`` with weights ``pretrained`` (weights name or local file)."""
     layer = layer or "penultimate"
     if model not in models.list_models():
-        raise ValueError(f"unknown torchvision model {model!r}; see torchvision.models.list_models().")
+        raise KStarInputError(f"unknown torchvision model {model!r}; see torchvision.models.list_models().")
     local = Path(pretrained) if pretrained else None
     if local is not None and (local.exists() or local.suffix in (".pt", ".pth", ".safetensors")):
         check_weights_file(local, f"torchvision {model}")

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import KStarInputError
+
 NORMS = ("Linf", "L2")
 
 
@@ -28,7 +30,7 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, eps: floa
         step_size: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
     """Adversarial examples by projected gradient ascent on the cross-entropy (model in its current mode)."""
     if norm not in NORMS:
-        raise ValueError(f"unknown norm {norm!r}; use Linf or L2.")
+        raise KStarInputError(f"unknown norm {norm!r}; use Linf or L2.")
     step_size = step_size or 2.5 * eps / steps
     if norm == "Linf":
         delta = (torch.rand(x.shape, generator=generator, device=x.device) * 2 - 1) * eps

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from torchvision import transforms
 
+from ..errors import KStarInputError
 from ..sources.base import FeatureModel, file_sha256
 
 
@@ -21,7 +22,7 @@ def find_spec(name: str):
             if spec.name == name:
                 return spec
     names = sorted({s.name for p in PROFILES.values() for s in robustness_specs(p) + generalisation_specs(p)})
-    raise ValueError(f"unknown built-in model {name!r}; choose from {', '.join(names)}.")
+    raise KStarInputError(f"unknown built-in model {name!r}; choose from {', '.join(names)}.")
 
 
 def load(model: str, layer: str | None = "penultimate", zoo_dir: str | Path | None = None, data_root: str | None = None,

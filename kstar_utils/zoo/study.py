@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .. import metrics
+from ..errors import KStarInputError
 from ..kstar import KStarResult, compute_kstar
 from .attacks import accuracy, autoattack_accuracy
 from .data import class_names, load_tensors
@@ -119,7 +120,7 @@ def shift(x: torch.Tensor, kind: str, seed: int = 0) -> torch.Tensor:
     if kind == "contrast":
         mean = x.mean(dim=(1, 2, 3), keepdim=True)
         return (mean + 0.35 * (x - mean)).clamp(0, 1)
-    raise ValueError(f"unknown shift {kind!r}; use clean, noise, blur, rotation or contrast.")
+    raise KStarInputError(f"unknown shift {kind!r}; use clean, noise, blur, rotation or contrast.")
 
 
 def penultimate(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 1024) -> np.ndarray:
@@ -152,7 +153,7 @@ def ensure_evaluated(model, folder: Path, meta: dict, evaluations: dict[str, Any
             meta.setdefault("evaluation", {})[key] = thunk()
             changed = True
     if changed:
-        from ..io import atomic_write_text
+        from ..plumbing import atomic_write_text
 
         atomic_write_text(folder / "meta.json", json.dumps(meta, indent=2, default=str) + "\n")
     return meta
@@ -171,7 +172,7 @@ class StudyResult:
     seconds: float = 0.0
 
     def save(self, out_dir: str | Path) -> Path:
-        from ..io import atomic_write_text, write_json
+        from ..plumbing import atomic_write_text, write_json
 
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..io import atomic_write_text
+from ..plumbing import atomic_write_text, default_zoo_dir  # noqa: F401  (re-exported for the zoo)
 from .attacks import pgd
 from .models import SmallCNN, build_model
 
@@ -58,10 +58,6 @@ class ZooModelSpec:
         if self.training == "standard":
             return "standard"
         return f"PGD {self.norm} eps={self.eps:g}"
-
-
-def default_zoo_dir() -> Path:
-    return Path(os.environ.get("KSTAR_ZOO", Path.home() / ".cache" / "kstar" / "zoo"))
 
 
 def train_subset(n: int, fraction: float, seed: int, limit: int | None = None) -> np.ndarray:

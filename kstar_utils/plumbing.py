@@ -1,0 +1,176 @@
+"""Plumbing every room shares: atomic writes, strict JSON, hashing, default folders and device choice.
+
+One home for each so that a rule (a file is written whole or not at all; NaN is written as null; every cache lives
+under ``$KSTAR_HOME``) is stated once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+# ------------------------------------------------------------------------------------------------------ atomic writes
+@contextmanager
+def atomic_path(path: str | os.PathLike, mode: int = 0o666) -> Iterator[Path]:
+    """A temporary path beside ``path``; on success it is renamed onto ``path`` (atomic on one file system), on
+    failure it is removed. Readers never see a half-written file, and two writers never interleave."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, mode & ~_UMASK)  # mkstemp makes 0600 files; results are shared like any other file
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write text to ``path`` through a temporary file in the same folder and a rename."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write bytes to ``path`` through a temporary file in the same folder and a rename."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+# ------------------------------------------------------------------------------------------------------------- JSON
+def json_safe(value: Any) -> Any:
+    """Strict-JSON form of nested data: NaN -> None (null), +/-inf -> "inf"/"-inf", numpy scalars -> Python."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return json_safe(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None if np.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def json_float(value: Any) -> float:
+    """The inverse of :func:`json_safe` for one number: null -> NaN, "inf"/"-inf" -> infinities."""
+    if value is None:
+        return float("nan")
+    return float(value)
+
+
+def to_json(data: Any, indent: int | None = 2) -> str:
+    """Strict JSON text (NaN written as null, infinities as strings)."""
+    return json.dumps(json_safe(data), indent=indent, allow_nan=False)
+
+
+def write_json(path: str | os.PathLike, data: Any) -> None:
+    """Atomic, strict JSON, indented for people."""
+    atomic_write_text(path, to_json(data) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------------------- hashing
+def stable_hash(spec: Any) -> str:
+    """SHA-256 of the canonical JSON of ``spec`` (sorted keys): equal specs give equal keys on any machine."""
+    text = json.dumps(json_safe(spec), sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 2**20) -> str:
+    """SHA-256 of a file's bytes, read in chunks."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sha256_array(array: np.ndarray, length: int = 16) -> str:
+    """Short SHA-256 of an array's bytes (C order): identifies a data selection or a label vector."""
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()[:length]
+
+
+# ---------------------------------------------------------------------------------------------------- default folders
+def kstar_home() -> Path:
+    """Root of every cache: ``$KSTAR_HOME``, else ``~/.cache/kstar``."""
+    return Path(os.environ.get("KSTAR_HOME", Path.home() / ".cache" / "kstar"))
+
+
+def _folder(variable: str, name: str) -> Path:
+    return Path(os.environ[variable]) if os.environ.get(variable) else kstar_home() / name
+
+
+def default_data_dir() -> Path:
+    """Data sets: ``$KSTAR_DATA``, else ``$KSTAR_HOME/data``."""
+    return _folder("KSTAR_DATA", "data")
+
+
+def default_feature_cache_dir() -> Path:
+    """Extracted features: ``$KSTAR_CACHE``, else ``$KSTAR_HOME/features``."""
+    return _folder("KSTAR_CACHE", "features")
+
+
+def default_zoo_dir() -> Path:
+    """Trained built-in zoo models: ``$KSTAR_ZOO``, else ``$KSTAR_HOME/zoo``."""
+    return _folder("KSTAR_ZOO", "zoo")
+
+
+def default_results_dir() -> Path:
+    """The results store of report runs: ``$KSTAR_RESULTS``, else ``$KSTAR_HOME/results``."""
+    return _folder("KSTAR_RESULTS", "results")
+
+
+def default_robustbench_dir() -> Path:
+    """RobustBench checkpoints: ``$KSTAR_ROBUSTBENCH_DIR``, else ``$KSTAR_HOME/robustbench``."""
+    return _folder("KSTAR_ROBUSTBENCH_DIR", "robustbench")
+
+
+# ----------------------------------------------------------------------------------------------------------- devices
+def pick_device(device: "str | Any | None" = None):
+    """The device asked for, else CUDA, then Apple MPS, then CPU. A bad name is a :class:`KStarInputError`."""
+    import torch
+
+    from .errors import KStarInputError
+
+    if device not in (None, "auto"):
+        try:
+            chosen = torch.device(device)
+        except (RuntimeError, TypeError, ValueError) as exc:
+            raise KStarInputError(f"unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps ({exc}).") from None
+        if chosen.type == "cuda" and not torch.cuda.is_available():
+            raise KStarInputError(f"device {device!r} asked for, but CUDA is not available here; use --device cpu "
+                                  "or auto.")
+        if chosen.type == "cuda" and chosen.index is not None and chosen.index >= torch.cuda.device_count():
+            raise KStarInputError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s).")
+        return chosen
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def cuda_device_count() -> int:
+    """Number of CUDA devices (0 without torch CUDA), for sizing a cluster: one worker per GPU."""
+    try:
+        import torch
+
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except ImportError:
+        return 0
