@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CacheCorruptionWarning  # noqa: F401  (raised here)
+from .errors import CacheCorruptionWarning
 from .plumbing import atomic_path, atomic_write_text, default_feature_cache_dir, sha256_file, stable_hash
 
 ARRAYS = "arrays.safetensors"
@@ -45,7 +45,7 @@ class FeatureCache:
     def __init__(self, root: str | os.PathLike | None = None):
         self.root = Path(root) if root else default_feature_cache_dir()
 
-    def entry(self, spec: dict) -> "CacheEntry":
+    def entry(self, spec: dict) -> CacheEntry:
         return CacheEntry(self.root / stable_hash(spec), spec)
 
 
@@ -106,7 +106,7 @@ class CacheEntry:
             return None
         try:
             arrays = _load_arrays(path)
-        except Exception:  # a torn or foreign file: recompute this batch
+        except Exception:  # noqa: BLE001  (a torn or foreign file, whatever safetensors raises: recompute it)
             path.unlink(missing_ok=True)
             return None
         if any(len(v) != expected_rows for v in arrays.values()):

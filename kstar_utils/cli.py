@@ -1,7 +1,8 @@
 """The ``kstar`` command line: thin wrappers over the Python API, one sub-command per job.
 
-Every failure a user can fix (a missing file, NaN features, one class, missing weights offline) ends the command with
-exit status 2 and one line ``kstar: error: ...`` that names the problem and the fix; no traceback.
+Every failure a user can fix (a missing file, NaN features, one class, missing weights offline, a bad profile key)
+is a :class:`~kstar_utils.errors.KStarError`: the command ends with exit status 2 and one line ``kstar: error: ...``
+that names the problem and the fix. Nothing else is caught: a programming error keeps its traceback.
 """
 
 from __future__ import annotations
@@ -14,12 +15,9 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from . import __version__
+from .errors import KStarError, KStarInputError
 
 EXIT_USER_ERROR = 2
-
-
-class UserError(Exception):
-    """An error whose message is complete advice for the user; printed without a traceback."""
 
 
 def _add_compute(sub: argparse._SubParsersAction) -> None:
@@ -60,11 +58,14 @@ def _run_compute(args: argparse.Namespace) -> int:
     from .io import read_features, read_labels, write_result
     from .kstar import compute_kstar
 
-    if args.threads:
+    if args.threads is not None:
+        from .validation import check_count
+
+        check_count("--threads", args.threads, 1)
         torch.set_num_threads(args.threads)
     labels_path = args.labels or args.features
     if args.labels is None and not Path(args.features).is_dir():
-        raise UserError("LABELS is missing; give a label file, or pass a `kstar extract` folder as FEATURES.")
+        raise KStarInputError("LABELS is missing; give a label file, or pass a `kstar extract` folder as FEATURES.")
     features = read_features(args.features)
     labels = read_labels(labels_path)
     start = time.perf_counter()
@@ -147,32 +148,68 @@ def _run_extract(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    """Options shared by `study` and `report`: the profile, where results go, the Dask cluster, compute settings."""
+    from .pipeline.profiles import PRECISIONS, profile_names
+
+    p.add_argument("--profile", default="default",
+                   help=f"a built-in profile ({', '.join(profile_names())}) or path/to/profile.yaml")
+    p.add_argument("--results-dir", help="the results store (default: $KSTAR_RESULTS/<profile>, "
+                                         "~/.cache/kstar/results/<profile>)")
+    p.add_argument("--scheduler", default="local",
+                   help="local (a Dask LocalCluster sized to this machine), inprocess, or the address of a running "
+                        "Dask scheduler (tcp://HOST:8786)")
+    p.add_argument("--workers", type=int, help="LocalCluster workers (default: one per GPU, else one per 2 cores)")
+    p.add_argument("--device", help="extraction device: auto, cpu, cuda, cuda:N (default: the profile's)")
+    p.add_argument("--batch-size", type=int, help="extraction batch size (default: the profile's)")
+    p.add_argument("--data-workers", type=int, help="DataLoader worker processes per extraction")
+    p.add_argument("--precision", choices=PRECISIONS, help="extraction precision (default: the profile's, fp32)")
+    p.add_argument("--bootstrap", type=int, help="bootstrap replicates for the intervals of Gamma and Gamma'")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _compute_overrides(args: argparse.Namespace) -> dict:
+    from .validation import check_count
+
+    for name, minimum in (("workers", 1), ("batch_size", 1), ("data_workers", 0), ("bootstrap", 0)):
+        value = getattr(args, name)
+        if value is not None:
+            check_count(f"--{name.replace('_', '-')}", value, minimum)
+    if args.device is not None:
+        from .plumbing import pick_device
+
+        pick_device(args.device)
+    return {"device": args.device, "batch_size": args.batch_size, "workers": args.data_workers,
+            "precision": args.precision, "bootstrap": args.bootstrap}
+
+
 def _add_report(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "report",
-        help="run the notebooks of a profile with papermill and publish HTML pages and index.html",
+        help="compute a profile on Dask, run its notebooks with papermill and publish HTML pages and index.html",
         description=(
-            "Collect a profile's results (cached), execute every notebook in notebooks/ with papermill, convert them "
-            "to self-contained HTML (no code, images embedded, nothing loaded from the network) and write "
-            "OUT/index.html. Profiles: default (built-in offline study on digits), smoke, fashion, paper "
-            "(RobustBench and OpenCLIP; needs their weights and data), or a YAML file."
+            "Run a profile's task grid (one task per model and data set; cached in the results store, so a rerun "
+            "skips finished tasks) on a Dask cluster, aggregate the results, execute every notebook with papermill, "
+            "render self-contained HTML pages (no code, images embedded, nothing loaded from the network) and "
+            "publish them in OUT at once. OUT must be new, empty, or a folder kstar wrote before."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--profile", default="default", help="default | smoke | fashion | paper | path/to/profile.yaml")
+    _add_run_options(p)
     p.add_argument("--out", default="reports", help="output folder for the HTML pages")
-    p.add_argument("--results-dir", help="where the collected results go (default: OUT/results)")
+    p.add_argument("--force", action="store_true",
+                   help="write into an OUT that holds files kstar did not write (they are left alone)")
     p.add_argument("--no-model-pages", action="store_true", help="skip the per-model pages")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(handler=_run_report)
 
 
 def _run_report(args: argparse.Namespace) -> int:
-    from .report import render
+    from .report import build_report
 
     start = time.perf_counter()
-    index = render(args.profile, args.out, results_dir=args.results_dir, per_model=not args.no_model_pages,
-                   progress=not args.quiet)
+    index = build_report(args.profile, args.out, results_dir=args.results_dir, scheduler=args.scheduler,
+                         workers=args.workers, force=args.force, per_model=not args.no_model_pages,
+                         progress=not args.quiet, **_compute_overrides(args))
     print(f"report of profile {args.profile} in {time.perf_counter() - start:.0f} s: {index}")
     return 0
 
@@ -180,32 +217,38 @@ def _run_report(args: argparse.Namespace) -> int:
 def _add_study(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "study",
-        help="the built-in offline study: train the zoo, measure robustness, compute k*, answer the question",
-        description="Train (or reuse) the built-in zoo of a study profile, evaluate it with AutoAttack and on shifted "
-                    "data, compute k* of every model and print whether Gamma' falls as robustness rises.",
+        help="compute a profile (train, attack, extract, k*) and print its claims and verdicts; no HTML",
+        description="Run a profile's task grid on Dask (the built-in zoo: train, AutoAttack, k*; or RobustBench and "
+                    "OpenCLIP models), aggregate it into tables, and print the paper's two claims with their "
+                    "evidence and verdicts.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--profile", default="digits", help="smoke | digits | fashion")
-    p.add_argument("--data-root", help="data folder (Fashion-MNIST: default is the Debian package's folder)")
-    p.add_argument("--out", help="also save the tables and k* results here")
-    p.add_argument("--quiet", action="store_true")
+    _add_run_options(p)
+    p.add_argument("--out", help="write the aggregated tables and summary here (default: RESULTS_DIR/report)")
     p.set_defaults(handler=_run_study)
 
 
 def _run_study(args: argparse.Namespace) -> int:
-    import pandas as pd
+    from .pipeline import load_profile
+    from .pipeline.aggregate import aggregate
+    from .pipeline.run import open_client, run_grid
+    from .pipeline.tasks import build_grid, store_for
+    from .report.notebook import Results
 
-    from .zoo import PROFILES, run_study
-
-    if args.profile not in PROFILES:
-        raise UserError(f"unknown study profile {args.profile!r}; use one of {', '.join(PROFILES)}.")
-    result = run_study(args.profile, data_root=args.data_root, progress=not args.quiet)
-    with pd.option_context("display.width", 200, "display.max_columns", 20):
-        print(result.robustness.drop(columns=["train_seconds"]).round(3).to_string(index=False))
-    print(f"\n{result.answer}\n(study {args.profile}: {result.seconds:.0f} s)")
-    if args.out:
-        print(f"saved to {result.save(args.out)}")
-    return 0
+    start = time.perf_counter()
+    profile = load_profile(args.profile).with_compute(**_compute_overrides(args))
+    store = store_for(profile, args.results_dir)
+    with open_client(args.scheduler, args.workers) as client:
+        statuses = run_grid(build_grid(profile), store, client, progress=not args.quiet)
+    out = aggregate(profile, store, args.out or store / "report")
+    summary = Results(out).summary
+    for claim in summary.get("claims", []):
+        print(f"{claim['title']}: {claim['verdict']}. {claim['sentence']}")
+    failed = [s for s in statuses.values() if s["status"] != "done"]
+    print(f"{len(statuses) - len(failed)} of {len(statuses)} tasks done"
+          + (f", {len(failed)} failed (see {out / 'failed.csv'})" if failed else "")
+          + f"; tables in {out} ({time.perf_counter() - start:.0f} s)")
+    return 1 if failed else 0
 
 
 # Sub-commands register here: name -> function adding its parser. Feature extraction and reports add theirs.
@@ -233,17 +276,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def user_errors() -> tuple[type[BaseException], ...]:
-    """Errors whose message is advice for the user (bad input, missing files, weights or data, unknown names):
-    printed as one line, no traceback. Anything else is a bug and keeps its traceback."""
-    from .compat import MissingDependencyError
-    from .sources.base import LayerNotFoundError
-    from .validation import KStarInputError
-
-    # WeightsNotFoundError and DatasetNotFoundError are FileNotFoundErrors; unknown names raise ValueError.
-    return (UserError, KStarInputError, FileNotFoundError, LayerNotFoundError, MissingDependencyError, ValueError)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -251,7 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with warnings.catch_warnings():
             warnings.simplefilter("default")
             return int(args.handler(args) or 0)
-    except user_errors() as err:
+    except KStarError as err:
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
         print(f"kstar: error: {message}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -10,6 +10,11 @@ Three known packaging problems, each handled here and nowhere else (scripts/inst
 3. robustbench pins ``timm==1.0.9``, which open_clip_torch >= 3 rejects: robustbench is installed with
    ``--no-deps`` by scripts/install.sh; it runs with the newer timm.
 
+Also here: the Hugging Face hub's network timeouts (:func:`configure_hf_hub`). ``huggingface_hub`` reads
+``HF_HUB_ETAG_TIMEOUT`` and ``HF_HUB_DOWNLOAD_TIMEOUT`` once, when it is first imported (by open_clip or timm), so they
+are set when this module is imported, before any of those, and patched into ``huggingface_hub.constants`` should it
+have been imported already.
+
 ``python -m kstar_utils.compat --check`` imports everything once and prints the versions (the install script runs it).
 """
 
@@ -17,12 +22,40 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import pkgutil
 import sys
 import warnings
 from types import ModuleType
 
 from .errors import MissingDependencyError
+
+#: Hugging Face hub timeouts (seconds) kstar sets unless the user set them: a metadata request gives up after 10 s
+#: instead of hanging offline; a download gives up after 60 s without data (the hub resumes partial files itself).
+HF_HUB_TIMEOUTS = {"HF_HUB_ETAG_TIMEOUT": "10", "HF_HUB_DOWNLOAD_TIMEOUT": "60"}
+
+
+def configure_hf_hub() -> dict[str, int]:
+    """Set the Hugging Face hub's timeouts (unless set by the user) so that they take effect; returns them.
+
+    Environment variables are set first (they count only before ``huggingface_hub`` is imported); if it was imported
+    already, its module constants are updated too, as long as they still hold huggingface_hub's defaults.
+    """
+    import sys
+
+    for name, value in HF_HUB_TIMEOUTS.items():
+        os.environ.setdefault(name, value)
+    constants = sys.modules.get("huggingface_hub.constants")
+    if constants is not None:
+        defaults = {"HF_HUB_ETAG_TIMEOUT": getattr(constants, "DEFAULT_ETAG_TIMEOUT", None),
+                    "HF_HUB_DOWNLOAD_TIMEOUT": getattr(constants, "DEFAULT_DOWNLOAD_TIMEOUT", None)}
+        for name in HF_HUB_TIMEOUTS:
+            if getattr(constants, name, None) == defaults[name]:
+                setattr(constants, name, int(os.environ[name]))
+    return {name: int(os.environ[name]) for name in HF_HUB_TIMEOUTS}
+
+
+configure_hf_hub()  # at import: kstar's sources import this module before open_clip, timm or robustbench
 
 
 def alias_autoattack() -> ModuleType:
@@ -55,11 +88,12 @@ def import_robustbench() -> ModuleType:
             "robustbench needs pkg_resources, removed in setuptools 81: pip install 'setuptools<81'."
         ) from err
     alias_autoattack()
+    configure_hf_hub()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # robustbench imports timm's deprecated module paths
             import robustbench
-            import robustbench.utils  # noqa: F401
+            import robustbench.utils
     except ImportError as err:
         raise MissingDependencyError(
             f"robustbench is not importable ({err}); run scripts/install.sh, which installs robustbench==1.1.1 "
@@ -70,6 +104,7 @@ def import_robustbench() -> ModuleType:
 
 def import_open_clip() -> ModuleType:
     """Import open_clip, or raise an error that says how to install it."""
+    configure_hf_hub()
     try:
         import open_clip
     except ImportError as err:

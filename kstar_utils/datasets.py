@@ -5,8 +5,14 @@ add one with :func:`register_dataset`). Loaders return a :class:`LabelledImages`
 (transforms are the model's business, applied later), the integer label of every item, and the class names.
 
 Offline behaviour: a loader first looks for the files on disk; only when they are missing and downloads are allowed
-(not under ``KSTAR_OFFLINE=1`` or ``HF_HUB_OFFLINE=1``) does it try torchvision's download, with a short socket
-timeout, and if that fails it raises :class:`DatasetNotFoundError` naming the files to place and where.
+(not under ``KSTAR_OFFLINE=1`` or ``HF_HUB_OFFLINE=1``) does it download the archive torchvision would fetch, with
+kstar's own downloader (timeouts sized to the file, retries, resume: STL-10's archive is 2.6 GB), and let torchvision
+check and unpack it; if that fails it raises :class:`DatasetNotFoundError` naming the URL, the file and the folder.
+
+ImageNet (``imagenet``) is RobustBench's evaluation subset: the 5,000 validation images listed in robustbench's
+``helper_files/imagenet_test_image_ids.txt``, labelled as RobustBench labels them (the index of the class folder in
+sorted order), so that the published RobustBench accuracies refer to the same images. Split ``val-all`` gives all
+50,000 validation images.
 """
 
 from __future__ import annotations
@@ -14,9 +20,9 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image
@@ -24,6 +30,7 @@ from torch.utils.data import Dataset
 
 from .errors import DatasetNotFoundError, KStarInputError
 from .plumbing import default_data_dir
+from .sources.download import download_file
 
 DOWNLOAD_TIMEOUT_S = 15.0
 
@@ -121,18 +128,36 @@ def _torchvision(name: str, factory: Callable[..., Dataset], split_kw: Callable[
                     f"{name} ({split}) is not in {root_path} ({missing}) and downloads are off (offline); place "
                     f"{files} in {root_path} (or pass --data-root DIR where they are)."
                 ) from missing
+            for url, dest in archives(factory, root_path, split):
+                if not dest.exists():
+                    download_file(url, dest, what=f"{name} ({split})", error=DatasetNotFoundError)
             try:
-                with short_socket_timeout():
+                with short_socket_timeout():  # torchvision checks the archive's MD5 and unpacks it
                     ds = factory(root=str(root_path), download=True, **kwargs)
             except Exception as err:  # network errors come in many types (URLError, OSError, HTTPError, ...)
                 raise DatasetNotFoundError(
-                    f"{name} ({split}) is not in {root_path} and could not be downloaded ({type(err).__name__}: "
-                    f"{err}); place {files} in {root_path}."
+                    f"{name} ({split}) is not in {root_path} and could not be downloaded or unpacked "
+                    f"({type(err).__name__}: {err}); place {files} in {root_path}."
                 ) from err
         return LabelledImages(ds, np.asarray(labels_of(ds), dtype=np.int64), list(classes_of(ds)), name, split,
                               str(root_path))
 
     return load
+
+
+def archives(factory: Callable[..., Dataset], root: Path, split: str) -> list[tuple[str, Path]]:
+    """The (URL, destination) of each file torchvision's ``download=True`` would fetch for this data set and split,
+    read from the data-set class (CIFAR, STL-10: ``url``/``filename``; SVHN: ``split_list``; MNIST-format sets:
+    ``mirrors``/``resources``). Unknown classes give [] (torchvision downloads those itself)."""
+    if hasattr(factory, "url") and hasattr(factory, "filename"):
+        return [(factory.url, root / factory.filename)]
+    if hasattr(factory, "split_list") and split in factory.split_list:
+        url, filename, _md5 = factory.split_list[split]
+        return [(url, root / filename)]
+    if hasattr(factory, "mirrors") and hasattr(factory, "resources"):
+        raw = root / factory.__name__ / "raw"
+        return [(f"{factory.mirrors[0]}{filename}", raw / filename) for filename, _md5 in factory.resources]
+    return []
 
 
 def _train_flag(split: str) -> dict:
@@ -193,18 +218,75 @@ def _load_image_folder(root: str | os.PathLike | None, split: str) -> LabelledIm
                           str(folder))
 
 
+IMAGENET_LIST = "imagenet_test_image_ids.txt"
+
+
+def robustbench_imagenet_list() -> tuple[list[str], str]:
+    """RobustBench's 5,000 ImageNet evaluation images (``<wnid>/<file>.JPEG``) and the SHA-256 of the list file.
+
+    Read from the installed robustbench package's ``helper_files`` without importing robustbench.
+    """
+    import hashlib
+    import importlib.util
+
+    spec = importlib.util.find_spec("robustbench")
+    if spec is None or not spec.submodule_search_locations:
+        raise DatasetNotFoundError("ImageNet's evaluation subset is RobustBench's list of 5,000 images, which ships "
+                                   "with robustbench: run scripts/install.sh (robustbench==1.1.1).")
+    path = Path(next(iter(spec.submodule_search_locations))) / "helper_files" / IMAGENET_LIST
+    text = path.read_text()
+    names = [line.strip() for line in text.splitlines() if line.strip()]
+    return names, hashlib.sha256(text.encode()).hexdigest()
+
+
+class FileImages(Dataset):
+    """Image files served as RGB PIL images (RobustBench's loader converts to RGB too)."""
+
+    def __init__(self, paths: Sequence[Path]):
+        self.paths = list(paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> Image.Image:
+        with Image.open(self.paths[index]) as image:
+            return image.convert("RGB")
+
+
 def _imagenet(root: str | os.PathLike | None, split: str) -> LabelledImages:
-    """ImageNet validation (or train) as an ImageFolder tree ROOT/val/<wnid>/*.JPEG (RobustBench's layout)."""
+    """ImageNet validation as RobustBench evaluates it: ROOT/val/<wnid>/*.JPEG, the 5,000 images of RobustBench's list
+    (split ``test`` or ``val``), or all of the folder (``val-all``); ``train`` reads ROOT/train the same way."""
     if root is None:
         raise DatasetNotFoundError(
             "ImageNet cannot be downloaded automatically; arrange the validation set as DIR/val/<wnid>/*.JPEG "
             "and pass --data-root DIR."
         )
-    split_dir = "val" if split in ("test", "val") else split
-    data = _load_image_folder(root, split_dir)
-    data.name = "imagenet"
-    data.split = split
-    return data
+    if split in ("val-all", "train"):
+        data = _load_image_folder(root, "val" if split == "val-all" else "train")
+        data.name, data.split = "imagenet", split
+        return data
+    if split not in ("test", "val"):
+        raise KStarInputError(f"unknown ImageNet split {split!r}; use test (RobustBench's 5,000 images), val-all or "
+                              "train.")
+    base = Path(root)
+    folder = base / "val" if (base / "val").is_dir() else base
+    if not folder.is_dir():
+        raise DatasetNotFoundError(f"ImageNet validation folder {folder} does not exist; arrange the validation set "
+                                   "as DIR/val/<wnid>/*.JPEG and pass --data-root DIR.")
+    classes = sorted(d.name for d in os.scandir(folder) if d.is_dir())
+    index = {c: i for i, c in enumerate(classes)}
+    names, list_sha = robustbench_imagenet_list()
+    paths = [folder / n for n in names]
+    missing = [n for n, p in zip(names, paths) if n.split("/")[0] not in index or not p.is_file()]
+    if missing:
+        raise DatasetNotFoundError(
+            f"{len(missing)} of RobustBench's {len(names)} ImageNet evaluation images are not in {folder} (first: "
+            f"{missing[0]}); place the ImageNet validation set there as <wnid>/<file>.JPEG."
+        )
+    labels = np.asarray([index[n.split("/")[0]] for n in names], dtype=np.int64)
+    return LabelledImages(FileImages(paths), labels, classes, "imagenet", split, str(folder),
+                          {"subset": f"robustbench helper_files/{IMAGENET_LIST}", "subset_sha256": list_sha,
+                           "n_images": len(names)})
 
 
 def _make_torchvision_registry() -> dict[str, Callable[[str | None, str], LabelledImages]]:

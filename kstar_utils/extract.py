@@ -2,8 +2,9 @@
 
 :func:`extract_features` runs a :class:`~kstar_utils.sources.FeatureModel` over a deterministic per-class subset of a
 :class:`~kstar_utils.datasets.LabelledImages` under ``torch.inference_mode()``, on the best device available (CUDA,
-then MPS, then CPU) unless told otherwise, optionally in mixed precision (recorded in the metadata and the cache key).
-Batches are saved as they finish (see :mod:`kstar_utils.cache`), so an interrupted run resumes where it stopped.
+then MPS, then CPU) unless told otherwise, in full precision by default or under bf16 / fp16 autocast (the precision,
+the compute dtype and the stored feature dtype are recorded in the metadata and the cache key). Batches are saved as
+they finish (see :mod:`kstar_utils.cache`), so an interrupted run resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -22,10 +23,34 @@ from tqdm import tqdm
 
 from .cache import FeatureCache
 from .datasets import LabelledImages, subsample_per_class
+from .errors import KStarInputError
 from .plumbing import atomic_write_text, pick_device, sha256_array, write_json
-from .sources.base import FeatureModel
+from .sources.base import FeatureModel, strip_addresses
 
+#: ``amp=True`` (the older switch) means this autocast dtype per device type.
 AMP_DTYPES = {"cuda": torch.float16, "cpu": torch.bfloat16, "mps": torch.float16}
+#: Precision names -> autocast dtype (None: no autocast, float32 throughout).
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+_PRECISION_ALIASES = {"float32": "fp32", "32": "fp32", "bfloat16": "bf16", "float16": "fp16", "half": "fp16",
+                      "16": "fp16"}
+#: Features are always stored as float32 (k* needs no more, and autocast outputs are widened losslessly).
+FEATURE_DTYPE = "float32"
+
+
+def resolve_precision(precision: str | None = "fp32", amp: bool | None = None,
+                      device: torch.device | None = None) -> str:
+    """The precision name (fp32, bf16, fp16) from ``precision`` and the older ``amp`` switch.
+
+    ``amp=True`` with the default precision means the device's usual autocast dtype (fp16 on CUDA and MPS, bf16 on
+    CPU), as before; ``amp=True`` with an explicit precision other than fp32 keeps that precision.
+    """
+    name = "fp32" if precision is None else _PRECISION_ALIASES.get(str(precision).lower(), str(precision).lower())
+    if name not in PRECISIONS:
+        raise KStarInputError(f"unknown precision {precision!r}; use fp32 (default), bf16 or fp16.")
+    if amp and name == "fp32":
+        dtype = AMP_DTYPES.get(device.type if device is not None else "cpu", torch.float16)
+        name = "bf16" if dtype == torch.bfloat16 else "fp16"
+    return name
 
 
 @dataclass
@@ -53,7 +78,7 @@ class ExtractedFeatures:
         return out
 
     @classmethod
-    def load(cls, folder: str | os.PathLike) -> "ExtractedFeatures":
+    def load(cls, folder: str | os.PathLike) -> ExtractedFeatures:
         f = Path(folder)
         return cls(np.load(f / "features.npy", allow_pickle=False), np.load(f / "labels.npy", allow_pickle=False),
                    json.loads((f / "classes.json").read_text()), json.loads((f / "meta.json").read_text()))
@@ -79,13 +104,33 @@ def library_versions() -> dict:
     return versions(("torch", "torchvision", "open_clip_torch", "robustbench", "timm", "kstar_utils"))
 
 
+def _without_addresses(value: Any) -> Any:
+    """Nested identity data with every string freed of memory addresses (``<function f at 0x...>``)."""
+    if isinstance(value, dict):
+        return {k: _without_addresses(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_without_addresses(v) for v in value]
+    if isinstance(value, str):
+        return strip_addresses(value)
+    return value
+
+
 def extraction_spec(model: FeatureModel, data: LabelledImages, indices: np.ndarray, per_class: int | None, seed: int,
-                    batch_size: int, device: torch.device, amp: bool) -> dict:
-    """Everything that changes the extracted numbers: the cache key is its hash."""
+                    batch_size: int, device: torch.device, amp: bool | str | None = None,
+                    precision: str | None = None) -> dict:
+    """Everything that changes the extracted numbers: the cache key is its hash.
+
+    ``precision`` (fp32, bf16, fp16) or the older ``amp`` switch; see :func:`resolve_precision`. No value in it
+    depends on the process (memory addresses are stripped), so the key is the same in every run.
+    """
+    if isinstance(amp, str) and precision is None:  # extraction_spec(..., "bf16") positionally
+        amp, precision = None, amp
+    name = resolve_precision(precision, bool(amp), device)
+    compute = PRECISIONS[name]
     return {
         "source": model.source,
         "model": model.name,
-        "identity": model.identity,
+        "identity": _without_addresses(model.identity),
         "layer": model.layer,
         "dataset": data.name,
         "split": data.split,
@@ -94,8 +139,10 @@ def extraction_spec(model: FeatureModel, data: LabelledImages, indices: np.ndarr
         "per_class": per_class,
         "seed": seed,
         "indices_sha": sha256_array(indices.astype(np.int64)),
-        "dtype": "float32",
-        "amp": str(AMP_DTYPES[device.type]) if amp and device.type in AMP_DTYPES else None,
+        "dtype": FEATURE_DTYPE,
+        "precision": name,
+        "compute_dtype": str(compute or torch.float32).replace("torch.", ""),
+        "amp": str(compute) if compute is not None else None,
         "batch_size": batch_size,
         "device_type": device.type,
         "versions": {k: v for k, v in library_versions().items() if k != "python"},
@@ -113,15 +160,25 @@ def extract_features(
     num_workers: int = 0,
     cache: FeatureCache | str | os.PathLike | None | bool = None,
     progress: bool = True,
+    precision: str = "fp32",
 ) -> ExtractedFeatures:
     """Features of ``model`` on ``data`` (``per_class`` items of each class, drawn with ``seed``), cached.
 
-    ``cache``: a FeatureCache or folder (default: ``$KSTAR_CACHE`` or ~/.cache/kstar/features); False disables it.
+    ``batch_size`` images per forward pass; ``device`` (None/"auto": CUDA, MPS, CPU); ``num_workers`` DataLoader
+    processes decoding images; ``precision`` "fp32" (default), "bf16" or "fp16" (autocast; features are stored as
+    float32 either way, and the precision is part of the cache key); ``amp=True`` is the older switch for the
+    device's usual autocast dtype. ``cache``: a FeatureCache or folder (default: ``$KSTAR_CACHE`` or
+    ~/.cache/kstar/features); False disables it.
     """
+    if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
+        raise KStarInputError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    if not isinstance(num_workers, (int, np.integer)) or isinstance(num_workers, bool) or num_workers < 0:
+        raise KStarInputError(f"num_workers must be an integer >= 0, got {num_workers!r}.")
     device = pick_device(device)
+    precision = resolve_precision(precision, amp, device)
     indices = subsample_per_class(data.labels, per_class, seed)
     labels = data.labels[indices]
-    spec = extraction_spec(model, data, indices, per_class, seed, batch_size, device, amp)
+    spec = extraction_spec(model, data, indices, per_class, seed, batch_size, device, precision=precision)
     entry = None
     if cache is not False:
         store = cache if isinstance(cache, FeatureCache) else FeatureCache(cache if cache not in (None, True) else None)
@@ -143,7 +200,8 @@ def extract_features(
                                                 for b in todo],
                         num_workers=num_workers, pin_memory=device.type == "cuda")
     model.to(device)
-    autocast = torch.autocast(device.type, dtype=AMP_DTYPES.get(device.type, torch.float16), enabled=amp)
+    compute = PRECISIONS[precision]
+    autocast = torch.autocast(device.type, dtype=compute or torch.float32, enabled=compute is not None)
     start = time.perf_counter()
     bar = tqdm(total=len(starts), initial=len(done), unit="batch", disable=not progress,
                desc=f"features {model.source}:{model.name} on {data.name}")
@@ -153,7 +211,7 @@ def extract_features(
             if not np.all(np.isfinite(out)):
                 raise FloatingPointError(
                     f"{model.source}:{model.name} produced NaN/inf features in batch {b}"
-                    + (" (mixed precision overflow? run without --amp)" if amp else "")
+                    + (f" ({precision} overflow? run with precision fp32)" if precision != "fp32" else "")
                 )
             done[b] = out
             if entry is not None:
@@ -164,7 +222,7 @@ def extract_features(
     meta = {
         **spec,
         "classes": list(data.classes),
-        "n_samples": int(len(indices)),
+        "n_samples": len(indices),
         "n_features": int(features.shape[1]) if features.ndim == 2 else 0,
         "device": str(device),
         "num_workers": num_workers,
@@ -180,15 +238,23 @@ def extract_features(
 
 
 def extract(source: str, model: str, dataset: str, split: str = "test", data_root: str | None = None,
-            per_class: int | None = None, seed: int = 0, **options: Any) -> ExtractedFeatures:
-    """One call from names to features: load the source's model and the data set, then :func:`extract_features`."""
+            per_class: int | None = None, seed: int = 0, *, batch_size: int = 128,
+            device: str | torch.device | None = None, num_workers: int = 0, precision: str = "fp32",
+            amp: bool = False, cache: FeatureCache | str | os.PathLike | None | bool = None, progress: bool = True,
+            **options: Any) -> ExtractedFeatures:
+    """One call from names to features: load the source's model and the data set, then :func:`extract_features`.
+
+    ``batch_size``, ``device``, ``num_workers``, ``precision`` ("fp32", "bf16", "fp16"), ``amp``, ``cache`` and
+    ``progress`` go to :func:`extract_features`; every other keyword (``pretrained``, ``threat_model``,
+    ``model_dir``, ``layer``, ``normalize``, ``model_config``...) goes to the source's loader.
+    """
     from .datasets import open_dataset
     from .sources import load_source
 
-    extract_keys = {"batch_size", "device", "amp", "num_workers", "cache", "progress"}
-    run = {k: options.pop(k) for k in list(options) if k in extract_keys}
     if source == "robustbench":
         options.setdefault("dataset", dataset)
+    options.setdefault("progress", progress)
     feature_model = load_source(source, model, **options)
     data = open_dataset(dataset, data_root, split)
-    return extract_features(feature_model, data, per_class=per_class, seed=seed, **run)
+    return extract_features(feature_model, data, per_class=per_class, seed=seed, batch_size=batch_size, device=device,
+                            amp=amp, num_workers=num_workers, cache=cache, progress=progress, precision=precision)

@@ -1,16 +1,22 @@
 """Reading feature and label files and writing k* results, for the command line and the notebooks.
 
 Formats: ``.npy``; ``.npz`` (the array named ``features`` / ``labels``, or the only array); ``.csv`` / ``.txt``
-(features: numeric columns, a header row is detected; labels: one column); ``.parquet`` (all columns, or the column
-named ``label``/``labels`` for labels). A directory written by ``kstar extract`` (features.npy, labels.npy,
-classes.json) can stand for both. Result files are written atomically (temporary file, then rename), so an
-interrupted run never leaves a half-written summary that looks complete.
+(features: numeric columns, a header row is detected); ``.parquet`` (all columns, or the label column). A directory
+written by ``kstar extract`` (features.npy, labels.npy, classes.json) can stand for both. Result files are written
+atomically (temporary file, then rename), so an interrupted run never leaves a half-written summary that looks
+complete.
+
+Label files are read without guessing (see :func:`read_labels`): labels are strings unless every one is written as a
+plain integer, nothing is read as "not available", and a missing label is an error naming its row.
 """
 
 from __future__ import annotations
 
+import csv
+import io as _io
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -23,11 +29,11 @@ FEATURE_FORMATS = (".npy", ".npz", ".csv", ".txt", ".parquet")
 
 
 LABEL_COLUMNS = ("label", "labels", "class", "y", "target")
+_PLAIN_INTEGER = re.compile(r"-?(0|[1-9][0-9]*)")  # the one way of writing each integer: no sign, no leading zeros
 
 
-def _read_table(path: Path, labels: bool = False) -> pd.DataFrame:
-    """Read a CSV/TSV/whitespace or parquet table. Features have a header when a first-row cell is not a number;
-    labels (which may be words) only when the first cell is a label column name such as ``label``."""
+def _read_table(path: Path) -> pd.DataFrame:
+    """Read a CSV/TSV/whitespace or parquet feature table; it has a header when a first-row cell is not a number."""
     if path.suffix == ".parquet":
         try:
             return pd.read_parquet(path)
@@ -37,10 +43,7 @@ def _read_table(path: Path, labels: bool = False) -> pd.DataFrame:
         first = handle.readline().strip()
     sep = next((c for c in ("\t", ",", ";") if c in first), r"\s+" if " " in first else ",")
     cells = [c.strip() for c in (first.split() if sep == r"\s+" else first.split(sep))]
-    if labels:
-        header = bool(cells) and cells[0].lower() in LABEL_COLUMNS
-    else:
-        header = any(_not_number(c) for c in cells if c)
+    header = any(_not_number(c) for c in cells if c)
     return pd.read_csv(path, header=0 if header else None, sep=sep, engine="python")
 
 
@@ -99,32 +102,158 @@ def read_features(path: str | os.PathLike) -> np.ndarray:
 
 
 def read_labels(path: str | os.PathLike) -> np.ndarray:
-    """Read N labels (ints or strings) from .npy, .npz, .csv/.txt (one column) or .parquet (or an extract directory).
+    """Read N labels from .npy, .npz, .txt, .csv or .parquet (or an extract directory), exactly as written.
 
-    In an extract directory, integer labels are mapped to the class names of ``classes.json`` when it exists.
+    Rules (deterministic; nothing is guessed from what a word looks like):
+
+    * ``.txt``: one label per line, the whole line (spaces inside a label are kept; surrounding blanks are not).
+    * ``.csv``: cells separated by the first of tab, comma or semicolon found in the first line (none: one column).
+      With two or more columns the first row is a header and must name the label column (``label``, ``labels``,
+      ``class``, ``y`` or ``target``, in any case). With one column, the first row is a header when it is one of
+      those names and does not occur again below it (what ``pandas.DataFrame.to_csv(index=False)`` writes).
+    * In both, a first row that is not a plain integer above rows that all are is a header (``digit`` over
+      ``3, 1, 3``). Nothing else is a header: a ``.txt`` column of words has none.
+    * Labels are integers only when *every* label is a plain integer (``-?(0|[1-9][0-9]*)``); otherwise all are kept
+      as the strings written, so ``007``, ``07`` and ``7`` stay three classes and ``NA`` is the class ``NA``.
+    * An empty cell (or a blank line, a parquet null, a NaN) is a missing label: KStarInputError naming its row.
+    * In an extract directory, integer labels are mapped to the class names of ``classes.json`` when it exists.
     """
     p = _check_path(path, "labels")
     if p.is_dir():
-        labels = read_labels(p / "labels.npy")
-        names = p / "classes.json"
-        if names.exists():
-            classes = json.loads(names.read_text())
-            labels = np.asarray(classes, dtype=str)[labels]
-        return labels
+        return _read_extract_labels(p)
     suffix = p.suffix.lower()
     if suffix == ".npy":
-        return np.load(p, allow_pickle=False)
-    if suffix == ".npz":
-        return _read_npz(p, ("labels", "y"))
-    table = _read_table(p, labels=True)
-    for name in LABEL_COLUMNS:
-        if name in table.columns:
-            return table[name].to_numpy()
-    if table.shape[1] != 1:
+        labels = np.load(p, allow_pickle=False)
+    elif suffix == ".npz":
+        labels = _read_npz(p, ("labels", "y"))
+    elif suffix == ".parquet":
+        labels = _read_parquet_labels(p)
+    else:
+        labels = _read_text_labels(p, one_per_line=suffix == ".txt")
+    _check_no_missing(np.asarray(labels), p)
+    return labels
+
+
+def _check_no_missing(labels: np.ndarray, p: Path) -> None:
+    """A missing label (NaN, None, empty) is an error naming its rows, never a class of its own."""
+    if labels.dtype.kind == "f":
+        missing = np.flatnonzero(np.isnan(labels))
+    elif labels.dtype.kind in "USO":
+        missing = np.flatnonzero([v is None or (isinstance(v, float) and v != v) or str(v).strip() == ""
+                                  for v in labels.ravel()])
+    else:
+        return
+    if missing.size:
+        rows = ", ".join(str(int(r)) for r in missing[:10]) + (f", ... ({missing.size} in all)" if missing.size > 10
+                                                              else "")
+        raise KStarInputError(f"labels file {p}: the label of row {rows} is missing (rows count from 0, after any "
+                              "header); give every sample a label or remove it from both files.")
+
+
+def _typed_labels(cells: list[str]) -> np.ndarray:
+    """int64 when every cell is a plain integer, otherwise the strings as written."""
+    if cells and all(_PLAIN_INTEGER.fullmatch(c) for c in cells):
+        return np.asarray([int(c) for c in cells], dtype=np.int64)
+    return np.asarray(cells, dtype=str)
+
+
+def _read_text_labels(p: Path, one_per_line: bool) -> np.ndarray:
+    try:
+        text = p.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as err:
+        raise KStarInputError(f"cannot read labels from {p}: {err}") from err
+    lines = text.splitlines()
+    while lines and not lines[-1].strip():  # the end of the file, not a missing label
+        lines.pop()
+    if not lines:
+        raise KStarInputError(f"labels file {p} is empty; write one label per line.")
+    first = lines[0]
+    sep = None if one_per_line else next((c for c in ("\t", ",", ";") if c in first), None)
+    if sep is None:
+        rows = [[line.strip()] for line in lines]
+    else:
+        rows = [[cell.strip() for cell in row] for row in csv.reader(_io.StringIO("\n".join(lines)), delimiter=sep)]
+    width = len(rows[0])
+    if width > 1:
+        names = [c.lower() for c in rows[0]]
+        found = [i for i, name in enumerate(names) if name in LABEL_COLUMNS]
+        if len(found) != 1:
+            raise KStarInputError(
+                f"labels file {p} has {width} columns; its first row must name exactly one label column "
+                f"({', '.join(LABEL_COLUMNS)}), or give the labels alone, one per line."
+            )
+        column = found[0]
+        cells = []
+        for number, row in enumerate(rows[1:]):
+            if len(row) != width:
+                raise KStarInputError(f"labels file {p}: row {number} (line {number + 2}) has {len(row)} cells, the "
+                                      f"header has {width}; fix that line.")
+            cells.append(row[column])
+        header = 1
+    else:
+        cells = [row[0] if row else "" for row in rows]
+        over_integers = (not _PLAIN_INTEGER.fullmatch(cells[0]) and all(_PLAIN_INTEGER.fullmatch(c) for c in cells[1:]))
+        column_name = (not one_per_line and cells[0].lower() in LABEL_COLUMNS and cells[0] not in cells[1:])
+        header = int(len(cells) > 1 and (over_integers or column_name))
+        cells = cells[header:]
+    empty = [i for i, c in enumerate(cells) if not c]
+    if empty:
+        raise KStarInputError(f"labels file {p}: the label of row {empty[0]} (line {empty[0] + 1 + header}) is "
+                              f"empty{f' ({len(empty)} rows in all)' if len(empty) > 1 else ''}; give every sample a "
+                              "label or remove it from both files.")
+    return _typed_labels(cells)
+
+
+def _read_parquet_labels(p: Path) -> np.ndarray:
+    try:
+        table = pd.read_parquet(p)
+    except ImportError as err:
+        raise KStarInputError(f"reading {p} needs pyarrow: pip install pyarrow (or save as .npy).") from err
+    except (OSError, ValueError) as err:
+        raise KStarInputError(f"cannot read labels from {p}: {err}") from err
+    named = [c for c in table.columns if str(c).lower() in LABEL_COLUMNS]
+    if len(named) == 1:
+        column = table[named[0]]
+    elif table.shape[1] == 1:
+        column = table.iloc[:, 0]
+    else:
         raise KStarInputError(
-            f"labels file {p} has {table.shape[1]} columns; give one column, or name the label column 'label'."
+            f"labels file {p} has {table.shape[1]} columns; name exactly one label column "
+            f"({', '.join(LABEL_COLUMNS)}) or store the labels alone."
         )
-    return table.iloc[:, 0].to_numpy()
+    missing = np.flatnonzero(column.isna().to_numpy())
+    if missing.size:
+        raise KStarInputError(f"labels file {p}: the label of row {int(missing[0])} is missing (null)"
+                              f"{f' ({missing.size} rows in all)' if missing.size > 1 else ''}; give every sample a "
+                              "label or remove it from both files.")
+    if pd.api.types.is_integer_dtype(column) or pd.api.types.is_bool_dtype(column):
+        return column.to_numpy(dtype=np.int64)
+    if pd.api.types.is_float_dtype(column):
+        values = column.to_numpy(dtype=np.float64)
+        if np.all(values == np.round(values)):
+            return values.astype(np.int64)
+        raise KStarInputError(f"labels file {p} holds fractional numbers; labels are class ids or names.")
+    return np.asarray([str(v) for v in column.to_numpy()], dtype=str)
+
+
+def _read_extract_labels(p: Path) -> np.ndarray:
+    labels = read_labels(p / "labels.npy")
+    names = p / "classes.json"
+    if not names.exists():
+        return labels
+    try:
+        classes = json.loads(names.read_text())
+    except (OSError, ValueError) as err:
+        raise KStarInputError(f"{names} is not valid JSON ({err}); it should be a list of class names.") from err
+    if not isinstance(classes, list) or not all(isinstance(c, (str, int)) for c in classes):
+        raise KStarInputError(f"{names} must be a JSON list of class names, got {type(classes).__name__}.")
+    if labels.dtype.kind not in "iu":
+        raise KStarInputError(f"{p / 'labels.npy'} must hold integer class ids to be named by {names}.")
+    if labels.size and (labels.min() < 0 or labels.max() >= len(classes)):
+        raise KStarInputError(f"{names} names {len(classes)} classes but {p / 'labels.npy'} holds class id "
+                              f"{int(labels.max() if labels.max() >= len(classes) else labels.min())}; "
+                              "regenerate the folder with kstar extract.")
+    return np.asarray([str(c) for c in classes], dtype=str)[labels]
 
 
 def write_result(result, out_dir: str | os.PathLike, inputs: dict | None = None) -> dict[str, Path]:

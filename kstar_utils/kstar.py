@@ -33,11 +33,12 @@ from .errors import ANNAccuracyWarning, KStarInputError
 from .neighbours import (
     ann_neighbour_graph,
     exact_counts,
+    exact_foreign_radius,
     exact_pair_distances,
     resolve_device,
     sort_by_class,
 )
-from .validation import METHODS, check_choice, check_inputs
+from .validation import METHODS, check_choice, check_count, check_fraction, check_inputs, check_number
 
 # N^2 * D above which method="auto" uses ANN. On the 2-core benchmark machine ANN overtakes exact at about this size
 # (see README, Performance); exact stays the default below it because it has no error at all.
@@ -60,6 +61,20 @@ def _decode_float(value: Any) -> Any:
     return float(value) if value in ("nan", "inf", "-inf") else value
 
 
+def _encode_intervals(intervals: dict | None) -> dict | None:
+    """Bootstrap intervals as JSON: (lo, hi) pairs as lists, non-finite bounds as strings."""
+    if intervals is None:
+        return None
+    return {k: [_encode_float(float(b)) for b in v] if isinstance(v, (tuple, list)) else v for k, v in intervals.items()}
+
+
+def _decode_intervals(data: dict | None) -> dict | None:
+    """Inverse of :func:`_encode_intervals`: the (lo, hi) pairs come back as tuples of floats."""
+    if data is None:
+        return None
+    return {k: tuple(float(_decode_float(b)) for b in v) if isinstance(v, list) else v for k, v in data.items()}
+
+
 @dataclass
 class KStarResult:
     """k* of every sample, in the caller's order, with its per-class and whole-space summaries.
@@ -75,6 +90,8 @@ class KStarResult:
     method : str              "exact" or "ann": what actually ran.
     audit : dict | None       ANN path only: size, fraction_identical, max_abs_difference, ...
     params : dict             metric, threshold, method asked for, device, block size, seed, ...
+    intervals : dict | None   with ``bootstrap > 0``: {"gamma": (lo, hi), "gamma_prime": (lo, hi), "n_bootstrap": B,
+                              "confidence": c, "seed": s}, see :func:`metrics.bootstrap_gamma_intervals`
     """
 
     kstar: np.ndarray
@@ -86,6 +103,7 @@ class KStarResult:
     method: str
     audit: dict | None = None
     params: dict = field(default_factory=dict)
+    intervals: dict | None = None
 
     @property
     def pattern_counts(self) -> dict[str, int]:
@@ -109,6 +127,7 @@ class KStarResult:
             "method": self.method,
             "audit": self.audit,
             "params": self.params,
+            "intervals": _encode_intervals(self.intervals),
             "per_class": [
                 {k: _encode_float(v) for k, v in row.items()} for row in self.per_class.to_dict(orient="records")
             ],
@@ -144,6 +163,7 @@ class KStarResult:
             method=data["method"],
             audit=data.get("audit"),
             params=data.get("params", {}),
+            intervals=_decode_intervals(data.get("intervals")),
         )
 
     def to_json(self, **kwargs: Any) -> str:
@@ -163,8 +183,14 @@ def choose_method(n: int, dim: int, method: str = "auto") -> str:
 
 
 def _ann_candidates(data, n_neighbors: int, seed: int, n_jobs: int | None) -> np.ndarray:
-    """Verified candidate radius of every sorted row: the exact distance to its nearest foreign graph neighbour
-    (inf where the graph holds no foreign neighbour)."""
+    """Verified candidate radius of every sorted row: the exact distance to its nearest foreign graph neighbour, or
+    inf where the graph cannot vouch for one (the row then gets the exact search).
+
+    Every edge of the graph is used in both directions: if q lists p, the pair (p, q) is a candidate for p as well as
+    for q (the distance is the same, so this costs nothing more, and NN-descent often keeps a pair in one list only).
+    A candidate is trusted only within the row's own neighbourhood: if it is farther than the row's k-th graph
+    neighbour, a nearer foreign sample may lie between the two, unseen by the graph, so the row is searched exactly.
+    """
     graph = ann_neighbour_graph(data.exact.cpu().numpy(), n_neighbors=n_neighbors, seed=seed, n_jobs=n_jobs)
     rows = np.repeat(np.arange(data.n), graph.shape[1])
     cols = graph.ravel()
@@ -174,25 +200,22 @@ def _ann_candidates(data, n_neighbors: int, seed: int, n_jobs: int | None) -> np
         data.exact, torch.from_numpy(rows).to(data.device), torch.from_numpy(cols).to(data.device)
     ).cpu().numpy()
     radius = np.full(data.n, np.inf)
-    order = np.lexsort((dist, rows))  # per row, nearest first: the first entry of each row is its minimum
-    first = np.ones(len(order), dtype=bool)
-    first[1:] = rows[order][1:] != rows[order][:-1]
-    radius[rows[order][first]] = dist[order][first]
+    np.minimum.at(radius, rows, dist)
+    np.minimum.at(radius, cols, dist)  # the reverse edge
+    valid = graph >= 0
+    last = np.where(valid.any(axis=1), graph[np.arange(data.n), valid.sum(axis=1) - 1], np.arange(data.n))
+    reach = exact_pair_distances(data.exact, torch.arange(data.n, device=data.device),
+                                 torch.from_numpy(last).to(data.device)).cpu().numpy()
+    radius[radius > reach] = np.inf  # beyond the row's own neighbourhood: not vouched for by the graph
     return radius
 
 
-def _ann_counts(data, rows: np.ndarray, radius: np.ndarray, block_size: int | None, progress: bool) -> np.ndarray:
-    """k* of sorted ``rows``: exact same-class counting within the candidate radius, exact search where there is none."""
-    kstar = np.empty(len(rows), dtype=np.int64)
-    found = np.isfinite(radius[rows])
-    if found.any():
-        count, _ = exact_counts(data, rows[found], radius=radius[rows][found], block_size=block_size,
-                                progress=progress)
-        kstar[found] = 1 + count
-    if (~found).any():
-        count, _ = exact_counts(data, rows[~found], block_size=block_size, progress=progress)
-        kstar[~found] = 1 + count
-    return kstar
+def _ann_exact_search(data, radius: np.ndarray, block_size: int | None) -> int:
+    """Rows whose graph neighbours hold no foreign sample get their exact r_p (in place); returns how many."""
+    missing = np.flatnonzero(~np.isfinite(radius))
+    if missing.size:
+        radius[missing] = exact_foreign_radius(data, missing, block_size=block_size)
+    return int(missing.size)
 
 
 def _ann_kstar(data, n_neighbors: int, seed: int, n_jobs: int | None, block_size: int | None,
@@ -200,13 +223,15 @@ def _ann_kstar(data, n_neighbors: int, seed: int, n_jobs: int | None, block_size
     """k* (sorted order) from ANN candidates, verified as the module docstring says, audited first.
 
     The audit rows are computed both ways before anything else; when ``min_identical`` is given and the audit falls
-    below it, returns None for k* (the caller runs the exact path instead) without doing the full ANN work.
+    below it, returns None for k* (the caller runs the exact path instead) without doing the full ANN work. The full
+    verification is the exact kernel's same-class pass with the candidate radii as r_p: each same-class pair once.
     """
     radius = _ann_candidates(data, n_neighbors, seed, n_jobs)
+    exact_search = _ann_exact_search(data, radius, block_size)
     rng = np.random.default_rng(seed)
     size = int(min(max(audit_size, 0), data.n))
     audit_rows = np.sort(rng.choice(data.n, size=size, replace=False)) if size else np.empty(0, dtype=np.int64)
-    ann_audit = _ann_counts(data, audit_rows, radius, block_size, False)
+    ann_audit = 1 + exact_counts(data, audit_rows, radius=radius[audit_rows], block_size=block_size)[0]
     exact_audit = 1 + exact_counts(data, audit_rows, block_size=block_size)[0]
     diff = np.abs(ann_audit - exact_audit)
     audit = {
@@ -216,13 +241,10 @@ def _ann_kstar(data, n_neighbors: int, seed: int, n_jobs: int | None, block_size
         "mean_abs_difference": float(diff.mean()) if size else 0.0,
         "seed": seed,
     }
-    info = {"n_neighbors": int(min(n_neighbors, data.n - 1)), "exact_search_samples": int(np.sum(~np.isfinite(radius)))}
+    info = {"n_neighbors": int(min(n_neighbors, data.n - 1)), "exact_search_samples": exact_search}
     if min_identical is not None and size and audit["fraction_identical"] < min_identical:
         return None, audit, info
-    kstar = np.empty(data.n, dtype=np.int64)
-    rest = np.setdiff1d(np.arange(data.n), audit_rows, assume_unique=True)
-    kstar[rest] = _ann_counts(data, rest, radius, block_size, progress)
-    kstar[audit_rows] = ann_audit
+    kstar = 1 + exact_counts(data, radius=radius, block_size=block_size, progress=progress)[0]
     return kstar, audit, info
 
 
@@ -239,6 +261,9 @@ def compute_kstar(
     seed: int = 0,
     n_jobs: int | None = None,
     progress: bool = False,
+    bootstrap: int = 0,
+    bootstrap_seed: int = 0,
+    confidence: float = metrics.DEFAULT_CONFIDENCE,
 ) -> KStarResult:
     """k* of every sample and its distribution statistics, as defined in SPEC.
 
@@ -251,15 +276,27 @@ def compute_kstar(
     threshold : pattern threshold t of SPEC (Fractured > t, Clustered < -t)
     device : "cpu", "cuda", "cuda:1", or None / "auto" for CUDA when available
     block_size : query rows per block (memory grows as block_size x N); default: about 8 MiB of float32
-    n_neighbors, seed, n_jobs, audit_size : the ANN path's graph size, seed, threads and audit sample size
+    n_neighbors, seed, n_jobs, audit_size : the ANN path's graph size (>= 2), seed, threads and audit sample size
+    bootstrap, bootstrap_seed, confidence : with ``bootstrap`` = B > 0, ``result.intervals`` holds seeded percentile
+        intervals of Gamma and Gamma' from B within-class resamples (see :func:`metrics.bootstrap_gamma_intervals`)
+
+    Every numeric option is checked first; a bad value is a KStarInputError naming the option and what it accepts.
     """
+    threshold = check_number("threshold", threshold, 0.0)
+    block_size = check_count("block_size", block_size, 1, allow_none=True)
+    n_neighbors = check_count("n_neighbors", n_neighbors, 2)
+    audit_size = check_count("audit_size", audit_size, 0)
+    seed = check_count("seed", seed, 0)
+    n_jobs = check_count("n_jobs", n_jobs, 1, allow_none=True)
+    bootstrap = check_count("bootstrap", bootstrap, 0)
+    bootstrap_seed = check_count("bootstrap_seed", bootstrap_seed, 0)
+    confidence = check_fraction("confidence", confidence)
+    check_choice("method", method, METHODS)
+    torch_device = resolve_device(device)
     checked = check_inputs(features, labels, metric)
-    if not (isinstance(threshold, (int, float)) and math.isfinite(threshold) and threshold >= 0):
-        raise KStarInputError(f"threshold must be a finite number >= 0, got {threshold!r}.")
     x, codes, classes = checked.features, checked.codes, checked.classes
     n, dim = x.shape
     resolved = choose_method(n, dim, method)
-    torch_device = resolve_device(device)
     data = sort_by_class(x, codes, torch_device)
     audit, extra, kstar_sorted = None, {}, None
     if resolved == "ann":
@@ -308,6 +345,8 @@ def compute_kstar(
         method=resolved,
         audit=audit,
         params=params,
+        intervals=metrics.bootstrap_gamma_intervals(kstar_norm, codes, bootstrap, bootstrap_seed, confidence)
+        if bootstrap else None,
     )
 
 

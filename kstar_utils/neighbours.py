@@ -1,25 +1,32 @@
-"""Neighbour search for k*: a blocked, exact float32 kernel with float64 re-checks, and a pynndescent wrapper.
+"""Neighbour search for k*: a symmetric, blocked, exact float32 kernel with float64 re-checks, and a pynndescent wrapper.
 
 Why this shape
 --------------
 SPEC defines k*_p = 1 + #{same-class j != p : d(p, j) < r_p}, with r_p the distance to p's nearest foreign sample and
 distances as computed in float64 by the direct form sqrt(sum (x - y)^2). Computing that directly costs an N x N x D
-float64 pass; the fast path here does the same work as one float32 matrix product and re-checks in float64 only the
-comparisons that float32 rounding could have decided wrongly.
+float64 pass; the fast path here does about *half* the work of one float32 matrix product X @ X.T and re-checks in
+float64 only the comparisons that float32 rounding could have decided wrongly.
 
-* Samples are sorted by class, so each class is one contiguous range of columns. For a block of query rows the kernel
-  computes one float32 matrix product whose entries are G_pj = |x_j|^2 - 2 x_p . x_j (the inner dimension is
-  augmented with the squared norms, so no second pass over the block is needed). r_p comes from a row minimum over the
-  foreign columns, and the count from a comparison over the p's own class columns only. Memory is block x N.
+* Samples are sorted by class, so each class is one contiguous range [s_c, e_c). Distances are symmetric, so every
+  unordered pair is computed once, as one entry of a float32 tile D2_pj = [c_p, 1, |c_p|^2] . [-2 c_j, |c_j|^2, 1]
+  (the squared distance, with the squared norms carried in the inner dimension: no second pass over the tile).
+* **Foreign pass.** For each class c, its rows against the columns of all *later* classes [e_c, N), in tiles of
+  ``block_size`` rows x a few thousand columns. Each tile's row minima update the rows' foreign minima and its
+  column minima update the columns' ones, so after the pass every row holds m_p = min over foreign j of D2_pj, having
+  seen each of its foreign pairs once. Work: sum over c < c' of n_c n_c' pairs.
+* **Same-class pass.** r_p is only known once the foreign pass is complete, so the counts come second: for each class,
+  the upper triangle of its own diagonal block (each same-class pair once), counting for the row *and* the column
+  whether the pair lies below the row's (the column's) threshold. Work: sum_c n_c^2 / 2 pairs. In all about N^2 / 2
+  pairs: half of X @ X.T. Memory is one tile plus O(N) vectors: O(block x N) at most.
 * Features are centred (in float64) before the cast to float32, which removes a large common offset: the expanded form
   |x|^2 + |y|^2 - 2 x.y is useless in float32 when |x| is large relative to the distances.
-* Every float32 value of G_pj is within eps_p = kappa * (n_p + n_max)^2 of the exact value (n = norms of the centred
-  rows, kappa = 1.05 (D + 8) 2^-24: the worst-case bound gamma_D of a float32 dot product in any summation order,
-  plus the cast to float32 and the few additions around it, with 5% to spare). A
-  same-class point counts for sure when G_pj < min_f G_pf - 2 eps_p and is out for sure when G_pj >= min_f G_pf +
-  2 eps_p. Rows with anything in between are re-checked: exact float64 direct-form distances for the foreign
-  candidates within the band (which must contain the true nearest foreign sample) and for the same-class points in the
-  band, compared as SPEC compares them. The result therefore equals the float64 definition, ties included.
+* Every float32 value of D2_pj is within eps_p = kappa * (n_p + n_max)^2 of the exact value (n = norms of the centred
+  rows, kappa = 1.05 (D + 8) 2^-24: the worst-case bound gamma_{D+2} of a float32 dot product in any summation order,
+  plus the casts to float32 and the stored squared norms, with 5% to spare). A same-class point counts for sure when
+  D2_pj < m_p - 2 eps_p and is out for sure when D2_pj >= m_p + 2 eps_p. Rows with anything in between are
+  re-checked: their foreign candidates within m_p + 2 eps_p (which must contain the true nearest foreign sample) and
+  their same-class points in the band are recomputed and compared in exact float64 direct form, as SPEC compares
+  them. The result therefore equals the float64 definition, ties included.
 * All tensor work runs through torch, so the same code runs on CPU and CUDA (TF32 is switched off while it runs:
   its 10-bit mantissa would break the error bound).
 """
@@ -30,30 +37,36 @@ import contextlib
 import math
 import os
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from .errors import KStarInputError
+
 UNIT_ROUNDOFF_FP32 = 2.0**-24
-DEFAULT_BLOCK_BYTES = 8 * 2**20  # one float32 block of block_size x width distances: its comparisons stay in cache
+DEFAULT_BLOCK_BYTES = 8 * 2**20  # used by default_block_size (the row-wise paths' rows per block)
 MIN_BLOCK_ROWS = 128  # fewer rows make the matrix product inefficient
 PAIR_CHUNK_ELEMENTS = 2**24  # float64 elements gathered at once when re-checking pairs
+DEFAULT_TILE_ROWS = 2048  # rows of one tile of the symmetric kernel
+TILE_BYTES = 32 * 2**20  # one float32 tile of the symmetric kernel: rows x columns x 4 bytes
+INNER_PAD = 8  # the inner dimension (D + 2) is padded with zeros to a multiple of this (aligned matrix products)
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """Pick the compute device: the one asked for, else CUDA, then Apple MPS (float64 is emulated there: CPU), then CPU."""
-    if device not in (None, "auto"):
-        resolved = torch.device(device)
-        if resolved.type == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError(
-                f"device {device!r} was requested but CUDA is not available; pass device='cpu' or 'auto'."
-            )
-        if resolved.type == "mps":
-            raise RuntimeError("the k* engine needs float64 re-checks, which MPS lacks; use device='cpu' or 'cuda'.")
-        return resolved
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    """The compute device: the one asked for (see :func:`kstar_utils.plumbing.pick_device`), else CUDA, else CPU.
+
+    MPS is refused (it has no float64, which the re-checks need); under ``auto`` it is passed over for the CPU.
+    """
+    from .plumbing import pick_device
+
+    resolved = pick_device(device)
+    if resolved.type == "mps":
+        if device in (None, "auto"):
+            return torch.device("cpu")
+        raise KStarInputError("the k* engine needs float64 re-checks, which MPS lacks; use device='cpu' or 'cuda'.")
+    return resolved
 
 
 @contextlib.contextmanager
@@ -92,15 +105,17 @@ class ClassSortedFeatures:
     """Features laid out for the kernel: rows sorted by class, in float64 (exact) and centred float32 (fast) form.
 
     ``order[i]`` is the original index of sorted row i; class k occupies sorted rows ``starts[k]:ends[k]``.
+    ``left[p] . right[j]`` is the float32 squared distance of the centred rows p and j.
     """
 
     exact: torch.Tensor  # (N, D) float64, the features as given (after the metric's normalisation), sorted
-    augmented: torch.Tensor  # (N, D + 1) float32: [-2 * centred rows, |centred row|^2]
-    queries: torch.Tensor  # (N, D + 1) float32: [centred rows, 1]
+    left: torch.Tensor  # (N, P) float32: [centred row, 1, |centred row|^2, 0 ...]
+    right: torch.Tensor  # (N, P) float32: [-2 * centred row, |centred row|^2, 1, 0 ...]
     norms: torch.Tensor  # (N,) float64 norms of the centred float32 rows, for the error bound
     max_norm: float
     kappa: float
     codes: np.ndarray  # (N,) class code of each sorted row
+    codes_t: torch.Tensor  # the same on the device
     order: np.ndarray  # (N,) original index of each sorted row
     starts: np.ndarray
     ends: np.ndarray
@@ -110,12 +125,16 @@ class ClassSortedFeatures:
     def n(self) -> int:
         return int(self.exact.shape[0])
 
+    def eps(self, rows: torch.Tensor | slice) -> torch.Tensor:
+        """float64 bound on the float32 error of D2_pj for the given rows and any column j."""
+        return self.kappa * (self.norms[rows] + self.max_norm) ** 2
+
 
 def sort_by_class(features: np.ndarray, codes: np.ndarray, device: torch.device) -> ClassSortedFeatures:
     """Sort rows by class and build the float64 and float32 forms the kernel needs."""
     order = np.argsort(codes, kind="stable")
-    sorted_codes = codes[order]
-    features = _unit_scale(features)
+    sorted_codes = np.asarray(codes)[order]
+    features = _unit_scale(np.asarray(features, dtype=np.float64))
     n_classes = int(sorted_codes.max()) + 1
     counts = np.bincount(sorted_codes, minlength=n_classes)
     ends = np.cumsum(counts)
@@ -125,16 +144,19 @@ def sort_by_class(features: np.ndarray, codes: np.ndarray, device: torch.device)
     fast = centred.to(torch.float32)
     norms = fast.to(torch.float64).norm(dim=1)
     sq_norms = (norms**2).to(torch.float32).unsqueeze(1)
-    ones = torch.ones((fast.shape[0], 1), dtype=torch.float32, device=device)
-    dim = features.shape[1]
+    n, dim = fast.shape
+    width = -(-(dim + 2) // INNER_PAD) * INNER_PAD
+    ones = torch.ones((n, 1), dtype=torch.float32, device=device)
+    pad = torch.zeros((n, width - dim - 2), dtype=torch.float32, device=device)
     return ClassSortedFeatures(
         exact=exact,
-        augmented=torch.cat([-2.0 * fast, sq_norms], dim=1).contiguous(),
-        queries=torch.cat([fast, ones], dim=1).contiguous(),
+        left=torch.cat([fast, ones, sq_norms, pad], dim=1).contiguous(),
+        right=torch.cat([-2.0 * fast, sq_norms, ones, pad], dim=1).contiguous(),
         norms=norms,
         max_norm=float(norms.max()),
         kappa=1.05 * (dim + 8) * UNIT_ROUNDOFF_FP32,
         codes=sorted_codes,
+        codes_t=torch.from_numpy(np.ascontiguousarray(sorted_codes)).to(device),
         order=order,
         starts=starts,
         ends=ends,
@@ -159,6 +181,11 @@ def default_block_size(n: int, block_bytes: int = DEFAULT_BLOCK_BYTES) -> int:
     return int(max(1, min(n, max(MIN_BLOCK_ROWS, block_bytes // (4 * max(n, 1))))))
 
 
+def _tile_columns(block_rows: int) -> int:
+    """Columns per tile so that a tile of ``block_rows`` rows takes about TILE_BYTES."""
+    return max(block_rows, TILE_BYTES // (4 * max(block_rows, 1)))
+
+
 def exact_pair_distances(exact: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
     """float64 direct-form distances sqrt(sum (x_r - x_c)^2) for index pairs, gathered in bounded chunks."""
     out = torch.empty(rows.shape[0], dtype=torch.float64, device=exact.device)
@@ -179,63 +206,223 @@ class KernelStats:
     rechecked_pairs: int = 0
 
 
-def _segment_min(block: torch.Tensor, segments: tuple[tuple[int, int], ...]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Row minimum of G over the foreign column segments, and the column where it lies."""
-    best = torch.full((block.shape[0],), math.inf, dtype=block.dtype, device=block.device)
-    where = torch.zeros(block.shape[0], dtype=torch.int64, device=block.device)
-    for lo, hi in segments:
-        if hi > lo:
-            value, index = block[:, lo:hi].min(dim=1)
-            better = value < best
-            best = torch.where(better, value, best)
-            where = torch.where(better, index + lo, where)
-    return best, where
+def _thresholds(data: ClassSortedFeatures, rows: torch.Tensor | slice, r2: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """float32 band [low, high) around the squared radius ``r2`` (float64): below low counts for sure, at or above
+    high is out for sure."""
+    eps = data.eps(rows)
+    return (r2 - 2 * eps).to(torch.float32), (r2 + 2 * eps).to(torch.float32)
 
 
-def _foreign_radius(
-    data: ClassSortedFeatures, block: torch.Tensor, rows: torch.Tensor, global_rows: torch.Tensor,
-    segments: tuple[tuple[int, int], ...], nearest_col: torch.Tensor, upper: torch.Tensor, stats: KernelStats,
+@dataclass
+class ForeignMinima:
+    """What the foreign pass keeps per sorted row: the smallest float32 D2 over its foreign samples (``best``), the
+    smallest minimum of any *other* tile the row took part in (``second``), and the range of the other side of the
+    tile that held ``best`` ([lo, hi): columns when the row was a row of it, rows when it was a column). When
+    second > best + 2 eps, every foreign candidate of the row lies in that one tile, so its exact r_p needs only that
+    tile's range to be recomputed."""
+
+    best: torch.Tensor
+    second: torch.Tensor
+    lo: torch.Tensor
+    hi: torch.Tensor
+
+
+def _merge_tile_minimum(fm: ForeignMinima, part: slice, tile_min: torch.Tensor, lo: int, hi: int) -> None:
+    better = tile_min < fm.best[part]
+    fm.second[part] = torch.where(better, fm.best[part], torch.minimum(fm.second[part], tile_min))
+    fm.best[part] = torch.where(better, tile_min, fm.best[part])
+    fm.lo[part] = torch.where(better, lo, fm.lo[part])
+    fm.hi[part] = torch.where(better, hi, fm.hi[part])
+
+
+def _foreign_pass(data: ClassSortedFeatures, block_rows: int, bar: Any) -> ForeignMinima:
+    """float32 minimum of D2 over each row's foreign columns, every foreign pair computed once (rows and columns)."""
+    n = data.n
+    inf = torch.full((n,), math.inf, dtype=torch.float32, device=data.device)
+    zero = torch.zeros(n, dtype=torch.int64, device=data.device)
+    fm = ForeignMinima(best=inf, second=inf.clone(), lo=zero, hi=zero.clone())
+    tile = _tile_columns(block_rows)
+    for s, e in zip(data.starts.tolist(), data.ends.tolist()):
+        for lo in range(s, e, block_rows):
+            hi = min(lo + block_rows, e)
+            left = data.left[lo:hi]
+            for clo in range(e, n, tile):  # the later classes only: each unordered pair once
+                chi = min(clo + tile, n)
+                g = left @ data.right[clo:chi].T
+                _merge_tile_minimum(fm, slice(lo, hi), g.amin(dim=1), clo, chi)
+                _merge_tile_minimum(fm, slice(clo, chi), g.amin(dim=0), lo, hi)
+            bar.update(hi - lo)
+    return fm
+
+
+def _count(mask: torch.Tensor, dim: int) -> torch.Tensor:
+    """Number of True entries along ``dim`` (summed as bytes: several times faster than summing bools)."""
+    return mask.view(torch.uint8).sum(dim=dim)
+
+
+BAND_PAIRS_LIMIT = 2**24  # same-class pairs in the float32 band kept for re-checking; beyond, rows are re-scanned
+
+
+def _same_class_pass(
+    data: ClassSortedFeatures, low: torch.Tensor, high: torch.Tensor, block_rows: int, bar: Any
+) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+    """Per row, the number of same-class points surely nearer than r_p (float32 value below ``low``), and the
+    same-class pairs (p, j) in p's band [low_p, high_p) that need a float64 re-check; each same-class pair is
+    computed once. The pairs come back as None when there are more than BAND_PAIRS_LIMIT (pathological ties)."""
+    n = data.n
+    n_low = torch.zeros(n, dtype=torch.int64, device=data.device)
+    band_p, band_j, kept = [], [], 0
+    tile = _tile_columns(block_rows)
+
+    def collect(band: torch.Tensor, row_base: int, col_base: int, transpose: bool) -> None:
+        nonlocal kept
+        if kept > BAND_PAIRS_LIMIT:
+            return
+        r, c = torch.nonzero(band, as_tuple=True)
+        if r.numel():
+            p, j = (c + col_base, r + row_base) if transpose else (r + row_base, c + col_base)
+            band_p.append(p)
+            band_j.append(j)
+            kept += int(r.numel())
+
+    for s, e in zip(data.starts.tolist(), data.ends.tolist()):
+        for lo in range(s, e, block_rows):
+            hi = min(lo + block_rows, e)
+            left, r_low, r_high = data.left[lo:hi], low[lo:hi, None], high[lo:hi, None]
+            g = left @ data.right[lo:hi].T  # the square on the diagonal: both orders of each pair, counted by row
+            g.fill_diagonal_(math.inf)  # self excluded explicitly
+            below = g < r_low
+            n_low[lo:hi] += _count(below, 1)
+            collect((g < r_high) ^ below, lo, lo, False)
+            for clo in range(hi, e, tile):  # the rest of the class's upper triangle: count for rows and columns
+                chi = min(clo + tile, e)
+                g = left @ data.right[clo:chi].T
+                below = g < r_low
+                n_low[lo:hi] += _count(below, 1)
+                collect((g < r_high) ^ below, lo, clo, False)
+                c_low = low[None, clo:chi]
+                below = g < c_low
+                n_low[clo:chi] += _count(below, 0)
+                collect((g < high[None, clo:chi]) ^ below, lo, clo, True)
+            bar.update(hi - lo)
+    if kept > BAND_PAIRS_LIMIT:
+        return n_low, None
+    if not band_p:
+        empty = torch.zeros(0, dtype=torch.int64, device=data.device)
+        return n_low, (empty, empty)
+    return n_low, (torch.cat(band_p), torch.cat(band_j))
+
+
+def _exact_radius_from_tiles(
+    data: ClassSortedFeatures, rows: torch.Tensor, fm: ForeignMinima, block_rows: int, stats: KernelStats
 ) -> torch.Tensor:
-    """Exact float64 r_p for ``rows`` of the block: the nearest foreign sample is among the columns within ``upper``.
+    """Exact float64 r_p of the given sorted rows after the foreign pass: rows whose foreign candidates all lie in one
+    tile recompute that tile's range only; the others (a tie or near-tie across tiles) all their foreign columns."""
+    best = fm.best[rows]
+    upper = (best.to(torch.float64) + 2 * data.eps(rows)).to(torch.float32)
+    one_tile = fm.second[rows] > upper
+    radius = torch.full((rows.numel(),), math.inf, dtype=torch.float64, device=data.device)
+    spread = torch.nonzero(~one_tile, as_tuple=True)[0]
+    if spread.numel():
+        radius[spread], _ = _exact_radius(data, rows[spread], best[spread], block_rows, stats)
+    local = torch.nonzero(one_tile, as_tuple=True)[0]
+    if local.numel():
+        keys = (fm.lo[rows[local]] * (data.n + 1) + fm.hi[rows[local]]).cpu().numpy()
+        order = np.argsort(keys, kind="stable")
+        bounds = np.flatnonzero(np.diff(keys[order])) + 1
+        for group in np.split(order, bounds):
+            idx = local[torch.from_numpy(group).to(data.device)]
+            lo, hi = int(fm.lo[rows[idx[0]]]), int(fm.hi[rows[idx[0]]])
+            for start in range(0, idx.numel(), block_rows):
+                part = idx[start : start + block_rows]
+                g = data.left[rows[part]] @ data.right[lo:hi].T
+                cand_r, cand_c = torch.nonzero(g <= upper[part, None], as_tuple=True)
+                dist = exact_pair_distances(data.exact, rows[part][cand_r], cand_c + lo)
+                stats.rechecked_pairs += int(cand_r.numel())
+                radius.scatter_reduce_(0, part[cand_r], dist, reduce="amin")
+    return radius
 
-    Usually only the float32 nearest one is: that is proven by masking it (in place) and finding the next minimum
-    above ``upper``. Rows where it is not (ties, near-ties) search all foreign columns within ``upper``.
-    """
-    r_exact = exact_pair_distances(data.exact, global_rows, nearest_col)
-    stats.rechecked_pairs += int(rows.numel())
-    block[rows, nearest_col] = math.inf  # in place: a foreign column, never read again but here
-    second = torch.full((rows.numel(),), math.inf, dtype=block.dtype, device=block.device)
-    for lo, hi in segments:
-        if hi > lo:
-            second = torch.minimum(second, block[:, lo:hi].amin(dim=1)[rows])
-    crowded = torch.nonzero(second <= upper, as_tuple=True)[0]
-    if crowded.numel():
-        sub = block[rows[crowded]]
-        for lo, hi in segments:
-            if hi <= lo:
-                continue
-            cand_r, cand_c = torch.nonzero(sub[:, lo:hi] <= upper[crowded, None], as_tuple=True)
-            cand_r = crowded[cand_r]
-            cand_d = exact_pair_distances(data.exact, global_rows[cand_r], cand_c + lo)
-            r_exact.scatter_reduce_(0, cand_r, cand_d, reduce="amin")
-            stats.rechecked_pairs += int(cand_r.numel())
-    return r_exact
+
+def _foreign_min_rows(data: ClassSortedFeatures, rows: torch.Tensor, block_rows: int) -> torch.Tensor:
+    """float32 minimum of D2 over the foreign columns of the given (sorted) rows, row by row."""
+    best = torch.full((rows.numel(),), math.inf, dtype=torch.float32, device=data.device)
+    tile = _tile_columns(block_rows)
+    for lo in range(0, rows.numel(), block_rows):
+        part = rows[lo : lo + block_rows]
+        left, code = data.left[part], data.codes_t[part, None]
+        for clo in range(0, data.n, tile):
+            chi = min(clo + tile, data.n)
+            g = left @ data.right[clo:chi].T
+            g.masked_fill_(data.codes_t[None, clo:chi] == code, math.inf)
+            best[lo : lo + block_rows] = torch.minimum(best[lo : lo + block_rows], g.amin(dim=1))
+    return best
 
 
-def _count_in_band(
-    data: ClassSortedFeatures, same: torch.Tensor, global_rows: torch.Tensor, global_col_base: int,
-    low: torch.Tensor, high: torch.Tensor, r_exact: torch.Tensor, stats: KernelStats,
-) -> torch.Tensor:
-    """Exactly decide the same-class points whose float32 value lies in [low, high): how many are nearer than r_p.
+def _exact_radius(
+    data: ClassSortedFeatures, rows: torch.Tensor, best: torch.Tensor, block_rows: int, stats: KernelStats
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact float64 r_p of the given rows, and the sorted index of the nearest foreign sample (ties: lowest original
+    index). The true nearest foreign sample has a float32 value within ``best + 2 eps``: those candidates are
+    recomputed in float64 direct form."""
+    upper = (best.to(torch.float64) + 2 * data.eps(rows)).to(torch.float32)
+    found_r, found_c = [], []
+    tile = _tile_columns(block_rows)
+    for lo in range(0, rows.numel(), block_rows):
+        part = rows[lo : lo + block_rows]
+        left, code, up = data.left[part], data.codes_t[part, None], upper[lo : lo + block_rows, None]
+        for clo in range(0, data.n, tile):
+            chi = min(clo + tile, data.n)
+            g = left @ data.right[clo:chi].T
+            hit = (g <= up) & (data.codes_t[None, clo:chi] != code)
+            r, c = torch.nonzero(hit, as_tuple=True)
+            found_r.append(r + lo)
+            found_c.append(c + clo)
+    cand_r, cand_c = torch.cat(found_r), torch.cat(found_c)
+    dist = exact_pair_distances(data.exact, rows[cand_r], cand_c)
+    stats.rechecked_pairs += int(cand_r.numel())
+    r_np, c_np, d_np = cand_r.cpu().numpy(), cand_c.cpu().numpy(), dist.cpu().numpy()
+    pick = np.lexsort((data.order[c_np], d_np, r_np))  # per row: nearest first, then the lowest original index
+    first = np.ones(len(pick), dtype=bool)
+    first[1:] = r_np[pick][1:] != r_np[pick][:-1]
+    radius = np.full(rows.numel(), math.inf)
+    nearest = np.full(rows.numel(), -1, dtype=np.int64)
+    radius[r_np[pick][first]] = d_np[pick][first]
+    nearest[r_np[pick][first]] = c_np[pick][first]
+    return torch.from_numpy(radius).to(data.device), torch.from_numpy(nearest).to(data.device)
 
-    ``r_exact`` is indexed like the rows of ``same``; it is only read for rows that have points in the band.
-    """
-    amb_r, amb_c = torch.nonzero((same >= low[:, None]) & (same < high[:, None]), as_tuple=True)
-    amb_d = exact_pair_distances(data.exact, global_rows[amb_r], amb_c + global_col_base)
-    stats.rechecked_pairs += int(amb_r.numel())
-    extra = torch.zeros(same.shape[0], dtype=torch.int64, device=same.device)
-    extra.scatter_add_(0, amb_r, (amb_d < r_exact[amb_r]).to(torch.int64))
-    return extra
+
+def _same_class_rows(
+    data: ClassSortedFeatures, rows: torch.Tensor, low: torch.Tensor, high: torch.Tensor, block_rows: int,
+    r_exact: torch.Tensor | None, stats: KernelStats | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row by row over each row's own class: the counts below ``low`` and ``high`` or, given ``r_exact``, the number
+    of points in the band [low, high) whose exact float64 distance is below r_exact (the re-check)."""
+    first = torch.zeros(rows.numel(), dtype=torch.int64, device=data.device)
+    second = torch.zeros(rows.numel(), dtype=torch.int64, device=data.device)
+    row_codes = data.codes[rows.cpu().numpy()]
+    tile = _tile_columns(block_rows)
+    for code in np.unique(row_codes):
+        sel = torch.from_numpy(np.flatnonzero(row_codes == code)).to(data.device)
+        s, e = int(data.starts[code]), int(data.ends[code])
+        for lo in range(0, sel.numel(), block_rows):
+            pos = sel[lo : lo + block_rows]
+            part = rows[pos]
+            left, r_low, r_high = data.left[part], low[pos, None], high[pos, None]
+            local = torch.arange(part.numel(), device=data.device)
+            for clo in range(s, e, tile):
+                chi = min(clo + tile, e)
+                g = left @ data.right[clo:chi].T
+                inside = (part >= clo) & (part < chi)
+                g[local[inside], part[inside] - clo] = math.inf  # self excluded explicitly
+                if r_exact is None:
+                    first[pos] += _count(g < r_low, 1)
+                    second[pos] += _count(g < r_high, 1)
+                else:
+                    amb_r, amb_c = torch.nonzero((g >= r_low) & (g < r_high), as_tuple=True)
+                    amb_d = exact_pair_distances(data.exact, part[amb_r], amb_c + clo)
+                    stats.rechecked_pairs += int(amb_r.numel())
+                    first.index_add_(0, pos[amb_r], (amb_d < r_exact[pos][amb_r]).to(torch.int64))
+    return first, second
 
 
 def exact_counts(
@@ -247,72 +434,107 @@ def exact_counts(
 ) -> tuple[np.ndarray, KernelStats]:
     """Exact same-class counts #{same-class j != p : d(p, j) < r_p} for sorted rows (all rows by default).
 
-    k* = 1 + count. Without ``radius``, r_p is searched among the foreign columns; with ``radius`` (float64, one per
-    requested row: the ANN path's verified candidate distance) r_p is given and only the class's own columns are
-    scanned, at a cost of n_c instead of N columns per row.
+    k* = 1 + count. r_p is searched among the foreign samples, or given as ``radius`` (float64, one per requested row:
+    the ANN path's verified candidate distance), in which case no foreign distance is computed at all.
+    For all rows, the symmetric kernel runs: the foreign pass (unless ``radius`` is given), then the same-class pass,
+    each pair once (see the module docstring). For a subset of ``rows``, each row is handled on its own.
     """
-    rows = np.arange(data.n) if rows is None else np.asarray(rows, dtype=np.int64)
-    count = np.zeros(len(rows), dtype=np.int64)
-    stats = KernelStats(rows=len(rows))
-    if len(rows) == 0:
-        return count, stats
-    order = np.argsort(rows, kind="stable")  # group the requested rows by class
-    sorted_rows = rows[order]
-    row_codes = data.codes[sorted_rows]
-    width = data.n if radius is None else int(np.max(data.ends - data.starts))
-    block_size = block_size or default_block_size(width)
-    radius_t = None if radius is None else torch.from_numpy(np.asarray(radius, dtype=np.float64)[order]).to(data.device)
+    all_rows = rows is None
+    rows_np = np.arange(data.n) if all_rows else np.asarray(rows, dtype=np.int64)
+    stats = KernelStats(rows=len(rows_np))
+    if len(rows_np) == 0:
+        return np.zeros(0, dtype=np.int64), stats
+    block_rows = int(block_size) if block_size else (DEFAULT_TILE_ROWS if all_rows else MIN_BLOCK_ROWS * 2)
+    rows_t = torch.from_numpy(rows_np).to(data.device)
+    given = None if radius is None else torch.from_numpy(np.asarray(radius, dtype=np.float64)).to(data.device)
     with full_float32_precision(), torch.inference_mode():
-        bar = tqdm(total=len(rows), desc="k* (exact)", unit="sample", disable=not progress, leave=False)
-        for code in np.unique(row_codes):
-            sel = np.flatnonzero(row_codes == code)  # contiguous in ``order``
-            s, e = int(data.starts[code]), int(data.ends[code])
-            for lo in range(0, len(sel), block_size):
-                pos = sel[lo : lo + block_size]
-                result = _count_block(data, torch.from_numpy(sorted_rows[pos]).to(data.device), s, e,
-                                      None if radius_t is None else radius_t[pos], stats)
-                count[order[pos]] = result.cpu().numpy()
-                bar.update(len(pos))
-        bar.close()
-    return count, stats
-
-
-def _count_block(
-    data: ClassSortedFeatures, g_rows: torch.Tensor, s: int, e: int, radius: torch.Tensor | None, stats: KernelStats
-) -> torch.Tensor:
-    """Counts for one block of rows of class [s, e): the float32 decision, then exact re-checks where it is unsure."""
-    if radius is None:
-        block = data.queries[g_rows] @ data.augmented.T  # G_pj = |x_j|^2 - 2 x_p . x_j, (B, N)
-        col_lo, col_hi, base = s, e, 0
-    else:
-        block = data.queries[g_rows] @ data.augmented[s:e].T  # the class's own columns only, (B, n_c)
-        col_lo, col_hi, base = 0, e - s, s
-    local = torch.arange(g_rows.shape[0], device=block.device)
-    block[local, g_rows - base] = math.inf  # exclude self explicitly
-    eps = data.kappa * (data.norms[g_rows] + data.max_norm) ** 2
-    segments = ((0, s), (e, block.shape[1]))
-    if radius is None:
-        nearest, nearest_col = _segment_min(block, segments)
-        r_g = nearest.to(torch.float64)
-    else:
-        r_g = radius * radius - data.norms[g_rows] ** 2  # the given radius in G's units
-    low = (r_g - 2 * eps).to(torch.float32)
-    high = (r_g + 2 * eps).to(torch.float32)
-    same = block[:, col_lo:col_hi]
-    n_low = torch.count_nonzero(same < low[:, None], dim=1)
-    n_high = torch.count_nonzero(same < high[:, None], dim=1)
-    unsure = torch.nonzero(n_high != n_low, as_tuple=True)[0]
-    if unsure.numel():
-        stats.rechecked_rows += int(unsure.numel())
-        if radius is None:
-            r_exact = torch.full((block.shape[0],), math.nan, dtype=torch.float64, device=block.device)
-            r_exact[unsure] = _foreign_radius(data, block, unsure, g_rows[unsure], segments, nearest_col[unsure],
-                                              high[unsure], stats)
+        bar = tqdm(total=2 * len(rows_np), desc="k* (exact)", unit="sample", disable=not progress, leave=False)
+        if all_rows:
+            if given is None:
+                fm = _foreign_pass(data, block_rows, bar)
+                best, r2 = fm.best, fm.best.to(torch.float64)
+            else:
+                bar.update(data.n)
+                best, r2 = None, given * given
+            low, high = _thresholds(data, slice(None), r2)
+            n_low, band = _same_class_pass(data, low, high, block_rows, bar)
+            if band is not None:
+                unsure = torch.unique(band[0])
+                if unsure.numel():
+                    stats.rechecked_rows += int(unsure.numel())
+                    r_exact = torch.full((data.n,), math.nan, dtype=torch.float64, device=data.device)
+                    r_exact[unsure] = (given[unsure] if given is not None
+                                       else _exact_radius_from_tiles(data, unsure, fm, block_rows, stats))
+                    dist = exact_pair_distances(data.exact, band[0], band[1])
+                    stats.rechecked_pairs += int(band[0].numel())
+                    n_low.index_add_(0, band[0], (dist < r_exact[band[0]]).to(torch.int64))
+                bar.close()
+                return n_low.cpu().numpy(), stats
+            n_high = n_low + 1  # too many pairs in the band to keep (massive ties): re-scan every row below
         else:
-            r_exact = radius
-        # Rows that are sure have no point in [low, high), so the band search can run on the whole block.
-        n_low += _count_in_band(data, same, g_rows, col_lo + base, low, high, r_exact, stats)
-    return n_low
+            if given is None:
+                best = _foreign_min_rows(data, rows_t, block_rows)
+                r2 = best.to(torch.float64)
+            else:
+                best, r2 = None, given * given
+            bar.update(len(rows_np))
+            low, high = _thresholds(data, rows_t, r2)
+            n_low, n_high = _same_class_rows(data, rows_t, low, high, block_rows, None, None)
+            bar.update(len(rows_np))
+        unsure = torch.nonzero(n_low != n_high, as_tuple=True)[0]
+        if unsure.numel():
+            stats.rechecked_rows += int(unsure.numel())
+            u_rows = rows_t[unsure]
+            if given is None:
+                r_exact, _ = _exact_radius(data, u_rows, best[unsure], block_rows, stats)
+            else:
+                r_exact = given[unsure]
+            extra, _ = _same_class_rows(data, u_rows, low[unsure], high[unsure], block_rows, r_exact, stats)
+            n_low[unsure] += extra
+        bar.close()
+    return n_low.cpu().numpy(), stats
+
+
+def exact_foreign_radius(data: ClassSortedFeatures, rows: np.ndarray, block_size: int | None = None) -> np.ndarray:
+    """Exact float64 r_p (distance to the nearest foreign sample) of the given sorted rows, searched row by row."""
+    rows_t = torch.from_numpy(np.asarray(rows, dtype=np.int64)).to(data.device)
+    block_rows = int(block_size) if block_size else MIN_BLOCK_ROWS * 2
+    with full_float32_precision(), torch.inference_mode():
+        best = _foreign_min_rows(data, rows_t, block_rows)
+        radius, _ = _exact_radius(data, rows_t, best, block_rows, KernelStats())
+    return radius.cpu().numpy()
+
+
+def nearest_foreign_index(
+    features: Any, labels: Any, queries: Any, metric: str = "euclidean", device: str | None = None
+) -> np.ndarray:
+    """For each query row index, the index of its nearest sample of another class (SPEC's distance: exact float64
+    direct form after the metric's normalisation; ties broken by the lowest index).
+
+    Used beside k* to show *what* splits a concept: the foreign sample that sets r_p.
+    """
+    from .validation import check_inputs
+
+    checked = check_inputs(features, labels, metric)
+    n = len(checked.codes)
+    q = np.asarray(queries)
+    if q.ndim == 0:
+        q = q.reshape(1)
+    if q.ndim != 1 or not (q.size == 0 or np.issubdtype(q.dtype, np.integer)):
+        raise KStarInputError(f"queries must be a 1-D list of integer row indices, got {q.dtype} of shape {q.shape}.")
+    bad = q[(q < 0) | (q >= n)] if q.size else q
+    if bad.size:
+        raise KStarInputError(f"query indices {bad[:10].tolist()} are out of range for {n} samples (use 0 .. {n - 1}).")
+    if q.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    data = sort_by_class(checked.features, checked.codes, resolve_device(device))
+    inverse = np.empty(n, dtype=np.int64)
+    inverse[data.order] = np.arange(n)
+    rows = torch.from_numpy(inverse[q.astype(np.int64)]).to(data.device)
+    with full_float32_precision(), torch.inference_mode():
+        best = _foreign_min_rows(data, rows, MIN_BLOCK_ROWS)
+        _, nearest = _exact_radius(data, rows, best, MIN_BLOCK_ROWS, KernelStats())
+    return data.order[nearest.cpu().numpy()]
 
 
 def brute_force_kstar(features: np.ndarray, labels: np.ndarray) -> np.ndarray:

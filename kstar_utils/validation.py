@@ -7,6 +7,7 @@ feature row is an error, not a row to drop, because a dropped row changes every 
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -55,17 +56,50 @@ def to_numpy_features(features: Any) -> np.ndarray:
     return array.astype(np.float64, copy=False)
 
 
+def _is_missing(value: Any) -> bool:
+    """None, NaN, pandas' NA or an empty (or blank) string: a label that is not there."""
+    if value is None:
+        return True
+    if isinstance(value, str):
+        return value.strip() == ""
+    if isinstance(value, (float, np.floating)):
+        return bool(np.isnan(value))
+    return type(value).__name__ in ("NAType", "NaTType")
+
+
 def to_numpy_labels(labels: Any) -> np.ndarray:
-    """Return labels as a 1-D numpy array of ints or strings."""
+    """Return labels as a 1-D numpy array of ints or strings.
+
+    A missing label (None, NaN, pandas NA, an empty string) is an error naming its rows: it is never turned into a
+    class of its own (the string ``"None"`` or ``"nan"``), which would silently change every other sample's k*.
+    """
     if hasattr(labels, "detach") and hasattr(labels, "cpu"):
         labels = labels.detach().cpu().numpy()
+    if hasattr(labels, "to_numpy") and not isinstance(labels, np.ndarray):  # pandas Series / arrays
+        labels = labels.to_numpy(dtype=object) if getattr(labels, "hasnans", False) else labels.to_numpy()
+    if isinstance(labels, (list, tuple)):
+        labels = np.asarray(labels, dtype=object) if any(_is_missing(v) for v in labels) else labels
     array = np.asarray(labels)
+    if array.dtype == object or array.dtype.kind in "US":
+        flat = array.ravel()
+        missing = np.flatnonzero([_is_missing(v) for v in flat])
+        if missing.size:
+            raise KStarInputError(
+                f"labels are missing (None, NaN or empty) in rows {_row_list(missing)}; give every sample a label "
+                "or remove those samples (and their feature rows)."
+            )
     if array.dtype == object:
         array = np.asarray([str(v) for v in array.ravel()]).reshape(array.shape)
     if np.issubdtype(array.dtype, np.floating):
+        missing = np.flatnonzero(np.isnan(array.ravel()))
+        if missing.size:
+            raise KStarInputError(
+                f"labels are missing (NaN) in rows {_row_list(missing)}; give every sample a label "
+                "or remove those samples (and their feature rows)."
+            )
         if not np.all(np.isfinite(array)) or not np.all(array == np.round(array)):
             raise KStarInputError(
-                "labels are floats that are not whole numbers (or NaN); pass integer class ids or class names."
+                "labels are floats that are not whole numbers (or inf); pass integer class ids or class names."
             )
         array = array.astype(np.int64)
     return array
@@ -117,14 +151,7 @@ def check_inputs(features: Any, labels: Any, metric: str = "euclidean") -> Check
             stacklevel=3,
         )
     if metric == "cosine":
-        norms = np.linalg.norm(x, axis=1)
-        zero = np.flatnonzero(norms == 0)
-        if zero.size:
-            raise KStarInputError(
-                f"rows {_row_list(zero)} are zero vectors, which have no direction under the cosine metric; "
-                "remove them or use metric='euclidean'."
-            )
-        x = x / norms[:, None]
+        x = unit_rows(x)
     return CheckedInput(features=x, codes=codes.astype(np.int64), classes=classes)
 
 
@@ -133,3 +160,49 @@ def check_choice(name: str, value: str, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise KStarInputError(f"unknown {name} {value!r}; use one of {', '.join(choices)}.")
     return value
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm, safely at any magnitude (the cosine metric's normalisation).
+
+    Each row is first divided by a power of two near its largest absolute value (exact in binary floating point), so
+    that squaring can neither overflow (features times 1e160) nor underflow to zero (features times 1e-300); only then
+    is the norm taken. Zero rows have no direction: KStarInputError naming them.
+    """
+    peak = np.max(np.abs(x), axis=1)
+    zero = np.flatnonzero(peak == 0)
+    if zero.size:
+        raise KStarInputError(
+            f"rows {_row_list(zero)} are zero vectors, which have no direction under the cosine metric; "
+            "remove them or use metric='euclidean'."
+        )
+    _, exponent = np.frexp(peak)
+    scaled = np.ldexp(x, -exponent[:, None])  # every row's peak now in [0.5, 1)
+    return scaled / np.linalg.norm(scaled, axis=1, keepdims=True)
+
+
+def check_count(name: str, value: Any, minimum: int, allow_none: bool = False) -> int | None:
+    """Return ``value`` as an int if it is an integer >= ``minimum`` (or None when allowed); otherwise raise a
+    KStarInputError naming the option and what it accepts. For options such as block_size, threads, audit size."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < minimum:
+        allowed = f"an integer >= {minimum}" + (" (or None for the default)" if allow_none else "")
+        raise KStarInputError(f"{name} must be {allowed}, got {value!r}.")
+    return int(value)
+
+
+def check_number(name: str, value: Any, minimum: float = 0.0) -> float:
+    """Return ``value`` as a float if it is a finite real number >= ``minimum``; otherwise a KStarInputError."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(value) or value < minimum:
+        raise KStarInputError(f"{name} must be a finite number >= {minimum:g}, got {value!r}.")
+    return float(value)
+
+
+def check_fraction(name: str, value: Any) -> float:
+    """Return ``value`` as a float if it lies strictly between 0 and 1 (a confidence level); else KStarInputError."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not 0.0 < value < 1.0:
+        raise KStarInputError(f"{name} must be a number strictly between 0 and 1 (e.g. 0.95), got {value!r}.")
+    return float(value)

@@ -41,12 +41,15 @@ def write_mnist_like(folder: Path, n_train: int = 60, n_test: int = 40, gz: bool
     return folder
 
 
-def write_cifar10(root: Path, n_test: int = 50, seed: int = 0) -> Path:
+CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def write_cifar10(root: Path, n_test: int = 50, seed: int = 0, names: list[str] | None = None) -> Path:
     """CIFAR-10's python format: cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta} (pickled dicts)."""
     rng = np.random.default_rng(seed)
     base = root / "cifar-10-batches-py"
     base.mkdir(parents=True, exist_ok=True)
-    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    names = list(names or CIFAR10_NAMES)
     for name, n in [(f"data_batch_{i}", 10) for i in range(1, 6)] + [("test_batch", n_test)]:
         labels = (np.arange(n) % 10).tolist()
         data = rng.integers(0, 256, size=(n, 3 * 32 * 32), dtype=np.uint8)

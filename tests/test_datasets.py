@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import require_or_skip
 from fixtures_data import write_cifar10, write_mnist_like
-from kstar_utils.datasets import (SYSTEM_IDX_FOLDERS, DatasetNotFoundError, dataset_names, open_dataset,
-                                  subsample_per_class)
+from PIL import Image
+
+from kstar_utils.datasets import (
+    SYSTEM_IDX_FOLDERS,
+    DatasetNotFoundError,
+    dataset_names,
+    open_dataset,
+    subsample_per_class,
+)
 
 
 def test_builtin_digits_splits_are_disjoint_and_real():
@@ -43,15 +48,34 @@ def test_cifar10_from_its_python_format(tmp_path, monkeypatch):
     assert len(data) == 50 and data.classes[0] == "airplane" and data.image(0).size == (32, 32)
 
 
-def test_image_folder_and_imagenet_layout(tmp_path):
+def test_image_folder_and_imagenet_layout(tmp_path, monkeypatch):
+    from kstar_utils import datasets
+
     for split in ("val",):
         for cls in ("n01", "n02"):
             (tmp_path / split / cls).mkdir(parents=True)
             for i in range(3):
-                Image.fromarray(np.full((10, 10, 3), 40 * i, np.uint8)).save(tmp_path / split / cls / f"{i}.png")
+                Image.fromarray(np.full((10, 10), 40 * i, np.uint8)).save(tmp_path / split / cls / f"{i}.png")
+    # RobustBench's evaluation list, shortened: the subset in the list's order, labelled by sorted class folder
+    monkeypatch.setattr(datasets, "robustbench_imagenet_list", lambda: (["n02/1.png", "n01/0.png", "n01/2.png"], "x"))
     data = open_dataset("imagenet", tmp_path, "test")
-    assert data.classes == ["n01", "n02"] and len(data) == 6
+    assert data.classes == ["n01", "n02"] and len(data) == 3 and data.labels.tolist() == [1, 0, 0]
+    assert data.image(0).mode == "RGB" and data.info["subset_sha256"] == "x"
+    assert len(open_dataset("imagenet", tmp_path, "val-all")) == 6
     assert open_dataset("imagefolder", tmp_path / "val", "test").labels.tolist() == [0, 0, 0, 1, 1, 1]
+    monkeypatch.setattr(datasets, "robustbench_imagenet_list", lambda: (["n01/0.png", "n03/9.png"], "x"))
+    with pytest.raises(DatasetNotFoundError, match=r"1 of RobustBench's 2 ImageNet evaluation images .* n03/9.png"):
+        open_dataset("imagenet", tmp_path, "test")
+
+
+def test_robustbench_imagenet_list_is_the_5000_image_subset():
+    from kstar_utils.datasets import robustbench_imagenet_list
+
+    names, sha = robustbench_imagenet_list()
+    assert len(names) == len(set(names)) == 5000
+    assert all(n.count("/") == 1 and n.startswith("n") and n.endswith(".JPEG") for n in names)
+    # the list robustbench 1.1.1 ships, identical to RobustBench's GitHub HEAD 78fcc9e (helper_files)
+    assert sha == "d4121626d07722a0126c35b1563042e46a546f1a05ce705f2cdc635896d58574"
 
 
 def test_missing_data_offline_names_what_to_place(tmp_path, monkeypatch):
@@ -61,17 +85,49 @@ def test_missing_data_offline_names_what_to_place(tmp_path, monkeypatch):
 
 
 def test_missing_data_with_failing_download_is_reported(tmp_path, monkeypatch):
-    from torchvision.datasets import CIFAR10
+    import urllib.request
+
+    from kstar_utils.sources import download
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("KSTAR_OFFLINE", raising=False)
+    tries = []
 
-    def no_network(self):
+    def no_network(request, timeout=None):
+        tries.append(request.full_url)
         raise OSError("network is unreachable")
 
-    monkeypatch.setattr(CIFAR10, "download", no_network)
-    with pytest.raises(DatasetNotFoundError, match="could not be downloaded.*network is unreachable"):
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    monkeypatch.setattr(download.time, "sleep", lambda s: None)
+    with pytest.raises(DatasetNotFoundError, match=r"downloading https://www.cs.toronto.edu/~kriz/cifar-10-python"
+                       r"\.tar\.gz failed \(OSError: network is unreachable\); download it yourself and place it as "
+                       r"cifar-10-python.tar.gz in " + str(tmp_path)):
         open_dataset("cifar10", tmp_path, "test")
+    assert len(tries) == 3  # retried
+
+
+def test_downloaded_archive_is_unpacked_by_torchvision(tmp_path, monkeypatch):
+    """The archive kstar downloads is the one torchvision's download=True then finds, checks and unpacks."""
+    from torchvision.datasets import CIFAR10
+
+    from kstar_utils import datasets
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("KSTAR_OFFLINE", raising=False)
+    fetched = []
+
+    def fake_download(url, dest, **kwargs):
+        fetched.append((url, dest))
+        write_cifar10(tmp_path, n_test=20)  # what unpacking the archive gives
+
+    def unpack_only(self):
+        assert (tmp_path / "cifar-10-python.tar.gz") in [d for _, d in fetched]
+
+    monkeypatch.setattr(datasets, "download_file", fake_download)
+    monkeypatch.setattr(CIFAR10, "download", unpack_only)
+    monkeypatch.setattr("torchvision.datasets.cifar.check_integrity", lambda *a, **k: True)
+    data = open_dataset("cifar10", tmp_path, "test")
+    assert len(data) == 20 and fetched == [(CIFAR10.url, tmp_path / "cifar-10-python.tar.gz")]
 
 
 def test_unknown_data_set():

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 import torch
+from fixtures_data import pyautoattack_resnet18, write_cifar10
 from torch import nn
 
-from fixtures_data import pyautoattack_resnet18, write_cifar10
 from kstar_utils.cache import CacheCorruptionWarning, FeatureCache
 from kstar_utils.cli import main
 from kstar_utils.datasets import open_dataset
@@ -134,3 +134,36 @@ def test_cli_extract_reports_missing_weights_in_one_line(tmp_path, monkeypatch, 
                  str(tmp_path), "--dataset", "cifar10", "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "is missing" in err
+
+
+def test_precision_is_applied_recorded_and_keyed(tmp_path):
+    data = open_dataset("digits", split="test")
+    cache = FeatureCache(tmp_path)
+    full = extract_features(_tiny_model(), data, per_class=4, batch_size=8, cache=cache, progress=False)
+    half = extract_features(_tiny_model(), data, per_class=4, batch_size=8, cache=cache, progress=False,
+                            precision="bf16")
+    assert half.meta["cache"] == "miss"  # another precision is another cache entry
+    assert (full.meta["precision"], full.meta["compute_dtype"], full.meta["dtype"]) == ("fp32", "float32", "float32")
+    assert (half.meta["precision"], half.meta["compute_dtype"], half.meta["dtype"]) == ("bf16", "bfloat16", "float32")
+    assert half.features.dtype == np.float32 and not np.array_equal(half.features, full.features)
+    np.testing.assert_allclose(half.features, full.features, atol=0.05 * np.abs(full.features).max())
+    legacy = extract_features(_tiny_model(), data, per_class=4, batch_size=8, cache=cache, progress=False, amp=True)
+    assert legacy.meta["precision"] == "bf16" and legacy.meta["cache"] == "hit"  # amp=True on CPU is bf16
+
+
+def test_bad_run_options_are_refused():
+    data = open_dataset("digits", split="test")
+    for kwargs, message in (({"precision": "fp8"}, "unknown precision"), ({"batch_size": 0}, "batch_size"),
+                            ({"num_workers": -1}, "num_workers")):
+        with pytest.raises(ValueError, match=message):
+            extract_features(_tiny_model(), data, per_class=2, cache=False, progress=False, **kwargs)
+
+
+def test_extract_passes_run_options_to_the_extraction():
+    from kstar_utils.extract import extract
+
+    res = extract("pixels", "pixels", "digits", per_class=2, batch_size=5, device="cpu", num_workers=0,
+                  precision="bfloat16", cache=False, progress=False)
+    assert res.features.shape == (20, 64)
+    assert (res.meta["batch_size"], res.meta["device"], res.meta["num_workers"], res.meta["precision"]) == \
+        (5, "cpu", 0, "bf16")

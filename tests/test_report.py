@@ -1,4 +1,6 @@
-"""Reports: profiles, the notebooks under papermill (smoke profile), the HTML pages, and the index in Chromium."""
+"""Reports: the smoke profile end to end on a two-worker Dask cluster (papermill notebooks as cluster tasks), every
+page's footer, alt text and relative links, the owned output folder, a user's YAML with hostile labels and class names,
+and the index in Chromium."""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ import json
 import re
 import shutil
 import subprocess
+from html.parser import HTMLParser
 from pathlib import Path
 
 import nbformat
@@ -13,81 +16,163 @@ import numpy as np
 import pytest
 
 from conftest import require_or_skip
-from kstar_utils.report import NOTEBOOKS, Results, load_profile, notebooks_dir, render
+from kstar_utils.errors import ReportFolderError
+from kstar_utils.report import NOTEBOOKS, Results, build_report, notebooks_dir
+from kstar_utils.report.publish import MANIFEST
 
 pytestmark = pytest.mark.slow
-EXPECTED_FIGURES = {"01_framework": 2, "02_compare_models": 3, "03_robustness": 1, "04_generalisation": 2,
+EXPECTED_FIGURES = {"01_framework": 2, "02_compare_models": 6, "03_robustness": 1, "04_generalisation": 3,
                     "05_summary_table": 0}
+FOOTER_FIELDS = ("profile", "parameters", "seeds", "data hash", "git commit", "versions", "results computed")
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory):
+def env(tmp_path_factory):
     root = tmp_path_factory.mktemp("report")
     mp = pytest.MonkeyPatch()
     mp.setenv("KSTAR_ZOO", str(root / "zoo"))
     mp.setenv("KSTAR_CACHE", str(root / "cache"))
-    try:
-        index = render("smoke", root / "site", progress=False)
-    finally:
-        mp.undo()
-    return index
+    mp.setenv("KSTAR_RESULTS", str(root / "results"))
+    mp.setenv("KSTAR_OFFLINE", "1")
+    yield root
+    mp.undo()
 
 
-def test_profiles_load_and_bad_ones_are_named(tmp_path):
-    for name in ("default", "smoke", "fashion", "paper"):
-        assert load_profile(name)["name"] == name
-    paper = load_profile("paper")
-    assert {"name": "Wang2023Better_WRN-70-16", "threat_model": "L2"} in paper["robustbench"]["compare"]
-    with pytest.raises(ValueError, match="unknown profile"):
-        load_profile("nonsense")
-    empty = tmp_path / "mine.yaml"
-    empty.write_text("title: nothing\n")
-    with pytest.raises(ValueError, match="names no models"):
-        load_profile(empty)
+@pytest.fixture(scope="module")
+def report(env):
+    return build_report("smoke", env / "site", scheduler="local", workers=2, progress=False)
 
 
-def test_source_notebooks_are_clean_and_parameterised():
+class _Page(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.images, self.links, self.title, self._in_title, self.footer = [], [], "", False, False
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "img":
+            self.images.append(attrs)
+        if tag == "a" and "href" in attrs:
+            self.links.append(attrs["href"])
+        self._in_title = tag == "title"
+        self.footer |= tag == "footer"
+
+    def handle_data(self, data):
+        if self._in_title:
+            self.title += data
+
+    def handle_endtag(self, tag):
+        self._in_title = False
+
+
+def _parse(path: Path) -> _Page:
+    page = _Page()
+    page.feed(path.read_text())
+    return page
+
+
+def test_source_notebooks_are_clean_thin_and_start_with_one_call():
     for name in [n for n, _ in NOTEBOOKS] + ["model"]:
         nb = nbformat.read(str(notebooks_dir() / f"{name}.ipynb"), as_version=4)
-        tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
-        assert len(tagged) == 1, name
-        assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), f"{name} has outputs"
-        code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
-        assert "def " not in code and "matplotlib.use" not in code, f"{name} should only call kstar_utils"
-        assert any(c.cell_type == "markdown" for c in nb.cells)
+        code = [c for c in nb.cells if c.cell_type == "code"]
+        assert "parameters" in code[0].metadata.get("tags", []), name
+        assert all(not c.get("outputs") for c in code), f"{name} has outputs"
+        assert code[1].source.startswith("import kstar_utils.report.notebook as nb\n"), name
+        assert code[1].source.count("\n") == 1, name  # the import, then one call
+        text = "\n".join(c.source for c in code)
+        assert "def " not in text and "matplotlib.use" not in text, f"{name} should only call kstar_utils"
+    assert (Path(__file__).parents[1] / "notebooks").resolve() == notebooks_dir()
 
 
-def test_every_page_holds_its_figures_and_tables(report):
+def test_every_page_holds_its_figures_footer_alt_text_and_working_links(report):
     site = report.parent
+    pages = sorted(site.glob("*.html"))
     for name, figures in EXPECTED_FIGURES.items():
-        page = (site / f"{name}.html").read_text()
-        assert page.count("<img") == figures, name
-        assert "Traceback" not in page and "Warning:" not in page, name
+        text = (site / f"{name}.html").read_text()
+        assert text.count("<img") == figures, name
+        assert "Traceback" not in text and "Error" not in text, name
         assert (site / "executed" / f"{name}.ipynb").exists()
-    assert "<table" in (site / "05_summary_table.html").read_text()
+    for path in pages:
+        page = _parse(path)
+        assert page.footer, path.name
+        text = path.read_text()
+        for field in FOOTER_FIELDS:
+            assert f"<dt>{field}</dt>" in text, (path.name, field)
+        for image in page.images:
+            assert len(image.get("alt", "")) > 20 and image["src"].startswith("data:image/png;base64,"), path.name
+        for href in page.links:
+            assert not href.startswith(("http:", "https:", "//")), href
+            target = href.split("#")[0]
+            if target:
+                assert (site / target).exists(), (path.name, href)
+        assert not re.search(r"""<(script|iframe)\b""", text, re.I), path.name
+
+
+def test_index_states_verdicts_rule_caveats_and_links_every_model(report):
+    site = report.parent
+    text = report.read_text()
+    summary = Results(site / "results").summary
+    assert summary["claims"] and all(c["verdict"] in ("reproduced", "not reproduced", "inconclusive")
+                                     for c in summary["claims"])
+    assert "Verdict rule" in text and "Caveats" in text and "1-NN" in text
+    models = [m for m in summary["models"] if m["results"]]
     model_pages = sorted(site.glob("model--*.html"))
-    assert len(model_pages) == 2 and all(p.read_text().count("<img") == 1 for p in model_pages)
-    index = report.read_text()
-    assert index.count("<img") == 2 and "<table" in index
-    for href in re.findall(r'href="([^"]+\.html)"', index):
-        assert (site / href).exists(), href
-    assert (site / "results" / "summary_table.csv").exists()
+    assert len(model_pages) == len(models) == 3
+    for m in models:
+        assert f'href="model--{m["id"]}.html"' in text
+    for page in model_pages:
+        parsed = _parse(page)
+        assert "accuracy" in parsed.title, parsed.title  # each page names its model and accuracies
+    table = (site / "05_summary_table.html").read_text()
+    assert 'href="model--standard-s0.html"' in table
 
 
-def test_pages_are_self_contained(report):
-    for page in report.parent.glob("*.html"):
-        text = page.read_text()
-        assert not re.search(r"""<(script|img|iframe)[^>]*\bsrc=["']?(https?:)?//""", text, re.I), page.name
-        assert not re.search(r"""<link[^>]*\bhref=["']?(https?:)?//""", text, re.I), page.name
-        assert all(src.startswith("data:image/png;base64,") for src in re.findall(r'<img[^>]*src="([^"]+)"', text))
-
-
-def test_results_folder_reads_back(report):
+def test_figure_two_features_and_kstar_come_from_the_same_model(report):
     results = Results(report.parent / "results")
-    assert results.manifest["profile"] == "smoke"
-    key = results.manifest["models"][0]
-    assert len(results.kstar(key).kstar) == len(results.features(results.manifest["compare"][0]).labels)
-    assert not results.table("robustness").empty
+    for model_id in results.summary["compare"]:
+        feats = results.features(model_id)
+        res = results.kstar(model_id)
+        assert feats.meta["model"] == model_id
+        assert np.array_equal(np.asarray(res.labels, dtype=str), feats.label_names())
+        from kstar_utils import compute_kstar
+
+        assert np.array_equal(compute_kstar(feats.features, feats.label_names()).kstar, res.kstar)
+
+
+def test_gallery_renders_for_a_zoo_model(report):
+    page = (report.parent / "model--pgd-linf-0.1-s0.html").read_text()
+    assert "What splits a concept" in page
+    assert page.count("<img") == 2
+
+
+def test_report_folder_is_the_tools_own(report, env, tmp_path):
+    site = report.parent
+    owned = json.loads((site / MANIFEST).read_text())["files"]
+    assert "index.html" in owned and "results/summary.json" in owned
+    foreign = tmp_path / "s"
+    (foreign / "executed").mkdir(parents=True)
+    (foreign / "thesis.html").write_text("x")
+    (foreign / "executed" / "log.txt").write_text("y")
+    with pytest.raises(ReportFolderError, match="holds files kstar did not write .*thesis.html.*--force"):
+        build_report("smoke", foreign, scheduler="inprocess", progress=False)
+    assert (foreign / "thesis.html").read_text() == "x" and (foreign / "executed" / "log.txt").read_text() == "y"
+    with pytest.raises(ReportFolderError, match="is a file"):
+        build_report("smoke", foreign / "thesis.html", scheduler="inprocess", progress=False)
+
+
+def test_a_failed_report_leaves_the_previous_one_intact(report, env, monkeypatch):
+    site = report.parent
+    before = {p: p.read_bytes() for p in site.rglob("*") if p.is_file()}
+    import kstar_utils.report as report_module
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a notebook broke")
+
+    monkeypatch.setattr(report_module, "render_notebook_page", broken)
+    with pytest.raises(RuntimeError, match="a notebook broke"):
+        build_report("smoke", site, scheduler="inprocess", progress=False)
+    after = {p: p.read_bytes() for p in site.rglob("*") if p.is_file()}
+    assert after == before  # no staging folder left, no page changed
 
 
 def _screenshot(page: Path, png: Path, profile: Path) -> np.ndarray:
@@ -95,7 +180,7 @@ def _screenshot(page: Path, png: Path, profile: Path) -> np.ndarray:
 
     command = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-               f"--user-data-dir={profile}", "--window-size=1280,1400", f"--screenshot={png}", page.as_uri()]
+               f"--user-data-dir={profile}", "--window-size=1000,1400", f"--screenshot={png}", page.as_uri()]
     if shutil.which("unshare") and subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode == 0:
         command = ["unshare", "-n"] + command  # a network namespace with no interface: the network is off
     subprocess.run(command, capture_output=True, timeout=120, check=True)
@@ -113,61 +198,57 @@ def test_index_opens_from_disk_offline_in_chromium_and_shows_the_figures(report,
     assert changed.mean() > 0.10, "the embedded figures did not render"
 
 
-def test_a_users_yaml_of_models_and_data_sets_is_collected(tmp_path, monkeypatch):
-    """RobustBench (a local model_dir) and OpenCLIP (a local config and checkpoint) on local data, from a YAML."""
+PAYLOADS = ["<script>alert(1)</script>", '"><img src=x onerror=alert(2)>', "&lt;b&gt;entity", "' onmouseover='x"]
+
+
+def test_a_users_yaml_with_hostile_labels_and_class_names_renders_escaped(env, tmp_path, monkeypatch):
+    """RobustBench (a local model_dir) and OpenCLIP (a local config and checkpoint) on local data, from a user's YAML
+    whose title, labels and class names hold script, attribute and entity payloads."""
+    import open_clip
+    import torch
     import yaml
 
     from fixtures_data import TINY_CLIP, pyautoattack_resnet18, write_cifar10, write_mnist_like
-    from kstar_utils.report import collect
 
-    monkeypatch.setenv("KSTAR_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr("torchvision.datasets.cifar.check_integrity", lambda *a, **k: True)  # format, not bytes
     (tmp_path / "models" / "cifar10" / "Linf").mkdir(parents=True)
     (tmp_path / "models" / "cifar10" / "Linf" / "Addepalli2021Towards_RN18.pt").symlink_to(pyautoattack_resnet18())
-    write_cifar10(tmp_path / "cifar", n_test=40)
+    names = [f"class{i} {PAYLOADS[i % len(PAYLOADS)]}" for i in range(10)]
+    write_cifar10(tmp_path / "cifar", n_test=40, names=names)
     write_mnist_like(tmp_path / "mnist", n_test=40)
     config = tmp_path / "tiny-clip.json"
     config.write_text(json.dumps(TINY_CLIP))
-    import open_clip
-    import torch
-
     open_clip.add_model_config(config)
     torch.save(open_clip.create_model("tiny-clip").state_dict(), tmp_path / "tiny-clip.pt")
     profile = tmp_path / "mine.yaml"
     profile.write_text(yaml.safe_dump({
-        "name": "mine", "title": "my models",
+        "name": "mine", "title": f"my models {PAYLOADS[0]}", "description": PAYLOADS[1],
         "robustbench": {"dataset": "cifar10", "data_root": str(tmp_path / "cifar"), "per_class": 4,
                         "model_dir": str(tmp_path / "models"),
                         # pyautoattack's checkpoint sits in this zoo slot: it is standard-trained, so say so
                         "models": [{"name": "Addepalli2021Towards_RN18", "threat_model": "Linf",
-                                    "label": "pyautoattack ResNet-18 (standard training)",
-                                    "clean_accuracy": 0.9, "robust_accuracy": 0.0}],
-                        "compare": [{"name": "Addepalli2021Towards_RN18", "threat_model": "Linf"}]},
+                                    "label": f"ResNet-18 {PAYLOADS[1]} {PAYLOADS[2]}",
+                                    "clean_accuracy": 0.9, "robust_accuracy": 0.0}]},
         "openclip": {"datasets": ["mnist"], "data_root": str(tmp_path / "mnist"), "per_class": 4,
                      "models": [{"name": "tiny-clip", "pretrained": str(tmp_path / "tiny-clip.pt"),
-                                 "model_config": str(config)}]},
+                                 "model_config": str(config), "label": f"tiny {PAYLOADS[3]} {PAYLOADS[0]}"}]},
+        "compare": ["Addepalli2021Towards_RN18/Linf"],
+        "compute": {"bootstrap": 50},
     }))
-    results = Results(collect(load_profile(profile), tmp_path / "results", progress=False))
+    index = build_report(profile, tmp_path / "site", scheduler="inprocess", progress=False)
+    site = index.parent
+    results = Results(site / "results")
     robustness = results.table("robustness")
     assert robustness.loc[0, "robust_accuracy"] == 0.0 and robustness.loc[0, "clean_accuracy"] == 0.9
-    assert robustness.loc[0, "model"] == "pyautoattack ResNet-18 (standard training)"
-    assert len(results.kstar(robustness.loc[0, "key"]).kstar) == 40
-    generalisation = results.table("generalisation")
-    assert list(generalisation["data"]) == ["mnist"] and np.isnan(generalisation.loc[0, "accuracy"])  # unpublished
-    assert results.manifest["compare"] == ["Addepalli2021Towards_RN18_Linf"]
-    assert results.table("table").loc[0, "robust_accuracy"] == 0.0
-    assert results.features("Addepalli2021Towards_RN18_Linf").features.shape == (40, 512)
-
-
-def test_published_accuracies_join_the_paper_profile():
-    from kstar_utils.accuracy import openclip_zeroshot, robustbench_accuracy
-
-    rb, oc = robustbench_accuracy(), openclip_zeroshot()
-    paper = load_profile("paper")
-    for m in paper["robustbench"]["models"]:
-        row = rb[(rb["model"] == m["name"]) & (rb["threat_model"] == m["threat_model"])]
-        assert len(row) == 1 and row["source"].str.contains("model_info").all(), m
-    for m in paper["openclip"]["models"]:
-        assert len(oc[(oc["model"] == m["name"]) & (oc["pretrained"] == m["pretrained"])]) == 1, m
-    wang = rb[(rb["model"] == "Wang2023Better_WRN-70-16") & (rb["threat_model"] == "L2")].iloc[0]
-    assert (wang["clean_accuracy"], wang["autoattack_accuracy"]) == (95.54, 84.86)
+    assert len(results.kstar("Addepalli2021Towards_RN18/Linf").kstar) == 40
+    assert list(results.table("generalisation")["data"]) == ["mnist/test"]
+    pages = sorted(site.glob("*.html"))
+    assert len(pages) >= 8
+    for path in pages:
+        text = path.read_text()
+        for bad in ("<script>alert", "<img src=x", "onerror=alert(2)>", "<b>entity", "&lt;b&gt;entity",
+                    "' onmouseover='x"):
+            assert bad not in text, (path.name, bad)
+    joined = "".join(p.read_text() for p in pages)
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in joined  # shown, as text
+    assert "&amp;lt;b&amp;gt;entity" in joined

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from fixtures_data import pyautoattack_resnet18, tiny_openclip
 from torch import nn
 
-from fixtures_data import pyautoattack_resnet18, tiny_openclip
 from kstar_utils.sources import LayerNotFoundError, WeightsNotFoundError, load_source
 from kstar_utils.sources.base import PenultimateHook, check_weights_file, file_sha256
 
@@ -98,8 +98,25 @@ def test_torchvision_model_from_a_local_state_dict(tmp_path):
 def test_torchvision_weights_missing_offline(monkeypatch, tmp_path):
     monkeypatch.setenv("KSTAR_OFFLINE", "1")
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
-    with pytest.raises(WeightsNotFoundError, match=r"downloads are off; place resnet18-\w+\.pth in"):
+    with pytest.raises(WeightsNotFoundError, match=r"downloads are off; place resnet18-f37072fd\.pth \(from "
+                       r"https://download.pytorch.org/models/resnet18-f37072fd.pth\) in " + str(tmp_path)):
         load_source("torchvision", "resnet18", pretrained="IMAGENET1K_V1")
+
+
+def test_torchvision_transform_converts_grayscale_to_rgb(tmp_path):
+    from PIL import Image
+    from torchvision.models import resnet18
+
+    from kstar_utils.sources.torchvision_models import ToRGB, resolve_weights
+
+    path = tmp_path / "r18.pth"
+    torch.save(resnet18(num_classes=3).state_dict(), path)
+    model = load_source("torchvision", "resnet18", pretrained=str(path))
+    for mode in ("L", "LA", "P", "RGBA", "CMYK"):
+        assert model.transform(Image.new(mode, (300, 260))).shape == (3, 224, 224), mode
+    assert ToRGB()(Image.new("L", (4, 4))).mode == "RGB"
+    with pytest.raises(ValueError, match="no weights 'IMAGENET9K'"):
+        resolve_weights("resnet18", "IMAGENET9K")
 
 
 class NoLinear(nn.Module):

@@ -15,17 +15,23 @@ import pandas as pd
 import pytest
 import torch
 
-from kstar_utils import cache, io, neighbours, plumbing, validation
+from kstar_utils import cache, neighbours, plumbing, validation
 from kstar_utils.compat import MissingDependencyError, alias_autoattack, import_open_clip, import_robustbench
-from kstar_utils.datasets import (ArrayImages, LabelledImages, open_dataset, register_dataset,
-                                  short_socket_timeout, unpack_idx_folder)
+from kstar_utils.datasets import (
+    ArrayImages,
+    LabelledImages,
+    open_dataset,
+    register_dataset,
+    short_socket_timeout,
+    unpack_idx_folder,
+)
 
 
 # ---------------------------------------------------------------------------------------------------------- neighbours
 def test_resolve_device():
     assert neighbours.resolve_device(None).type in ("cpu", "cuda")
     assert neighbours.resolve_device("cpu") == torch.device("cpu")
-    with pytest.raises(RuntimeError, match="MPS lacks"):
+    with pytest.raises((RuntimeError, ValueError), match="MPS lacks"):  # KStarInputError since the engine rework
         neighbours.resolve_device("mps")
 
 
@@ -189,7 +195,8 @@ def test_robustbench_helpers(tmp_path):
 def test_state_dicts_load_safely_and_sources_register(tmp_path):
     from safetensors.torch import save_file
 
-    from kstar_utils.sources import SOURCES, register_source
+    from kstar_utils.errors import KStarInputError, UnsafeCheckpointError
+    from kstar_utils.sources import SOURCES, load_source, register_source, source_names
     from kstar_utils.sources.base import load_state_dict
 
     torch.save({"state_dict": {"w": torch.ones(2)}}, tmp_path / "a.pt")
@@ -202,10 +209,19 @@ def test_state_dicts_load_safely_and_sources_register(tmp_path):
             return (os.system, ("true",))
 
     torch.save({"x": Evil()}, tmp_path / "evil.pt")
-    with pytest.raises(Exception):  # weights_only=True refuses pickled code
-        load_state_dict(tmp_path / "evil.pt")
-    register_source("mine", "kstar_utils.sources.pixels:load")
-    assert "mine" in SOURCES
+    with pytest.raises(UnsafeCheckpointError, match=r"evil.pt holds objects .*GLOBAL posix.system"):
+        load_state_dict(tmp_path / "evil.pt")  # weights_only=True refuses pickled code
+
+    @register_source("mine")
+    def mine(model, **options):
+        return ("mine", model)
+
+    assert SOURCES["mine"] is mine and load_source("mine", "m") == ("mine", "m")
+    register_source("mine2", mine)
+    assert SOURCES["mine2"] is mine
+    with pytest.raises(KStarInputError, match="must be a function"):
+        register_source("bad", "kstar_utils.sources.pixels:load")
+    assert {"robustbench", "openclip", "torchvision", "pixels", "builtin"} <= set(source_names())
 
 
 # ------------------------------------------------------------------------------------------------------------ extract
@@ -222,6 +238,9 @@ def test_extraction_key_covers_what_changes_the_numbers():
     assert plumbing.stable_hash(base) != plumbing.stable_hash(extraction_spec(model, data, idx[:5], None, 0, 64,
                                                                    torch.device("cpu"), False))
     assert extraction_spec(model, data, idx, None, 0, 64, torch.device("cpu"), True)["amp"] == "torch.bfloat16"
+    fp16 = extraction_spec(model, data, idx, None, 0, 64, torch.device("cpu"), precision="fp16")
+    assert (fp16["precision"], fp16["compute_dtype"], fp16["dtype"]) == ("fp16", "float16", "float32")
+    assert plumbing.stable_hash(fp16) != plumbing.stable_hash(base) and base["precision"] == "fp32"
     assert "torch" in library_versions()
 
 
@@ -229,8 +248,15 @@ def test_extraction_key_covers_what_changes_the_numbers():
 def test_zoo_helpers(tmp_path, monkeypatch):
     from kstar_utils.zoo.data import class_names
     from kstar_utils.zoo.models import SmallCNN, build_model
-    from kstar_utils.zoo.study import (PROFILES, Profile, StudyResult, answer_question, ensure_evaluated,
-                                       generalisation_specs, robustness_points)
+    from kstar_utils.zoo.study import (
+        PROFILES,
+        Profile,
+        StudyResult,
+        answer_question,
+        ensure_evaluated,
+        generalisation_specs,
+        robustness_points,
+    )
     from kstar_utils.zoo.train import ZooModelSpec, default_zoo_dir, load_trained, save_trained, train_subset
 
     monkeypatch.setenv("KSTAR_ZOO", str(tmp_path / "zoo"))
@@ -298,3 +324,31 @@ def test_cli_parser_and_error_mapping(capsys):
     assert UserError in user_errors() and FileNotFoundError in user_errors()
     assert main(["study", "--profile", "nope"]) == 2
     assert "unknown study profile" in capsys.readouterr().err
+
+
+def test_hf_hub_timeouts_take_effect(monkeypatch):
+    """Set before huggingface_hub reads them; patched into its constants if it was imported first."""
+    import huggingface_hub.constants as hf
+
+    from kstar_utils import compat
+
+    monkeypatch.delenv("HF_HUB_ETAG_TIMEOUT", raising=False)
+    monkeypatch.delenv("HF_HUB_DOWNLOAD_TIMEOUT", raising=False)
+    monkeypatch.setattr(hf, "HF_HUB_ETAG_TIMEOUT", hf.DEFAULT_ETAG_TIMEOUT)
+    monkeypatch.setattr(hf, "HF_HUB_DOWNLOAD_TIMEOUT", hf.DEFAULT_DOWNLOAD_TIMEOUT)
+    assert compat.configure_hf_hub() == {"HF_HUB_ETAG_TIMEOUT": 10, "HF_HUB_DOWNLOAD_TIMEOUT": 60}
+    assert (hf.HF_HUB_ETAG_TIMEOUT, hf.HF_HUB_DOWNLOAD_TIMEOUT) == (10, 60)
+    monkeypatch.setenv("HF_HUB_DOWNLOAD_TIMEOUT", "300")  # the user's own setting wins
+    assert compat.configure_hf_hub()["HF_HUB_DOWNLOAD_TIMEOUT"] == 300
+
+
+def test_hf_hub_timeouts_are_set_before_huggingface_hub_is_imported():
+    import subprocess
+
+    code = ("import os, sys; import kstar_utils.sources.openclip; "
+            "assert 'huggingface_hub' not in sys.modules or os.environ['HF_HUB_ETAG_TIMEOUT'] == '10'; "
+            "import huggingface_hub.constants as c; print(c.HF_HUB_ETAG_TIMEOUT, c.HF_HUB_DOWNLOAD_TIMEOUT)")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_HUB_") or k == "HF_HUB_OFFLINE"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["10", "60"]

@@ -85,8 +85,12 @@ def test_zero_variance_class_follows_spec():
 
 def test_bad_threshold_and_device():
     x = np.random.default_rng(0).normal(size=(6, 2))
-    with pytest.raises(ValueError, match="threshold"):
+    with pytest.raises(KStarInputError, match="threshold"):
         compute_kstar(x, [0, 1] * 3, threshold=float("nan"))
     if not torch.cuda.is_available():
-        with pytest.raises(RuntimeError, match="CUDA is not available"):
+        with pytest.raises(KStarInputError, match="CUDA is not available"):
             compute_kstar(x, [0, 1] * 3, device="cuda")
+    with pytest.raises(KStarInputError, match="MPS lacks"):
+        compute_kstar(x, [0, 1] * 3, device="mps")
+    with pytest.raises(KStarInputError, match="unknown device"):
+        compute_kstar(x, [0, 1] * 3, device="gpu7")

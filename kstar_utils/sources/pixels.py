@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torchvision import transforms
 
-from .base import FeatureModel
+from .base import FeatureModel, register_source, stable_repr
 
 
 class Flatten(nn.Module):
@@ -14,8 +14,9 @@ class Flatten(nn.Module):
         return x.flatten(1)
 
 
+@register_source("pixels")
 def load(model: str = "pixels", layer: str | None = None, **_: object) -> FeatureModel:
     """Pixels in [0, 1], flattened; ``layer`` is ignored (there is only one)."""
     transform = transforms.ToTensor()
     return FeatureModel(source="pixels", name="pixels", module=Flatten(), transform=transform, layer="logits",
-                        identity={"transform": repr(transform)})
+                        identity={"transform": stable_repr(transform)})

@@ -7,6 +7,7 @@ models.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -43,3 +44,16 @@ EXTRA_STAGE_FROM = 16  # input size (pixels) from which the body has its fourth 
 def build_model(width: int, latent: int, in_channels: int = 1, num_classes: int = 10, image_size: int = 8) -> SmallCNN:
     return SmallCNN(in_channels=in_channels, width=width, latent=latent, num_classes=num_classes,
                     extra_stage=image_size >= EXTRA_STAGE_FROM)
+
+
+def penultimate_features(model: SmallCNN, x: torch.Tensor, batch_size: int = 1024) -> np.ndarray:
+    """The classifier's input (the latent space k* is computed on) for images ``x`` in [0, 1], as float32 (N, latent);
+    the model is put in eval mode, so batch-norm uses its running statistics, as in every evaluation."""
+    model.eval()
+    out = []
+    with torch.inference_mode():
+        for lo in range(0, len(x), batch_size):
+            out.append(model.features(model.body(x[lo:lo + batch_size])))
+    if not out:
+        return np.zeros((0, model.classifier.in_features), dtype=np.float32)
+    return torch.cat(out).numpy().astype(np.float32)

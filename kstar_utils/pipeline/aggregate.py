@@ -1,0 +1,230 @@
+"""Aggregation: result files -> the report's tables (CSV) and its summary (JSON), with intervals and verdicts.
+
+Only reads the results store (CLIP_benchmark's run-then-build split): rerunning it is cheap, and it can run while
+tasks of another profile are still being computed. Written into an output folder:
+
+    robustness.csv          one row per (model, threat model): accuracies with intervals, Gamma, Gamma' with intervals
+    generalisation.csv      one row per (model, data set): accuracy with its interval, Gamma, Gamma'
+    summary_table.csv       Table 1: one row per model
+    failed.csv              tasks that failed, with their error
+    kstar/<model>@<data>.json   each k* result (lossless KStarResult JSON), for the per-model pages
+    features/<model>/       Figure 2's features
+    summary.json            claims with their evidence and verdicts, parameters, the design, counts
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..plumbing import atomic_write_text, stable_hash, write_json
+from .profiles import Profile
+from .results import ResultStore
+from .tasks import Task, build_grid
+
+# RobustBench evaluates CIFAR on the full 10,000-image test set and ImageNet on its 5,000-image list.
+PUBLISHED_EVAL_SIZE = {"cifar10": 10_000, "cifar100": 10_000, "imagenet": 5_000}
+
+
+def slug(text: str) -> str:
+    """A file-name-safe form of a model or data id."""
+    return "".join(c if c.isalnum() or c in "-_.@+" else "_" for c in text)
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _kstar_columns(kstar: dict) -> dict:
+    from ..kstar import KStarResult
+
+    res = KStarResult.from_dict(kstar)
+    counts = res.pattern_counts
+    intervals = getattr(res, "intervals", None) or {}
+    g_lo, g_hi = intervals.get("gamma", (math.nan, math.nan))
+    p_lo, p_hi = intervals.get("gamma_prime", (math.nan, math.nan))
+    return {"gamma": res.gamma_true, "gamma_lo": g_lo, "gamma_hi": g_hi, "gamma_prime": res.gamma_approx,
+            "gamma_prime_lo": p_lo, "gamma_prime_hi": p_hi, "fractured": counts["Fractured"],
+            "overlapped": counts["Overlapped"], "clustered": counts["Clustered"],
+            "latent_1nn_accuracy": float(np.mean(np.asarray(res.kstar) >= 2)), "n_samples": len(res.kstar)}
+
+
+def _interval(successes: float, n: float) -> tuple[float, float]:
+    from ..evidence import wilson_interval
+
+    if n is None or not np.isfinite(successes) or not n:
+        return math.nan, math.nan
+    lo, hi = wilson_interval(successes, n)
+    return float(lo), float(hi)
+
+
+def _accuracy_columns(prefix: str, accuracy: float | None, n: int | None) -> dict:
+    accuracy = math.nan if accuracy is None else float(accuracy)
+    lo, hi = _interval(accuracy * n if n else math.nan, n) if n else (math.nan, math.nan)
+    return {prefix: accuracy, f"{prefix}_lo": lo, f"{prefix}_hi": hi, f"{prefix}_n": n}
+
+
+def collect_tables(profile: Profile, store: ResultStore, tasks: list[Task] | None = None) -> dict[str, Any]:
+    """Read every result of ``profile``'s grid into DataFrames (missing and failed tasks leave their rows out and are
+    listed in ``failed``)."""
+    tasks = tasks if tasks is not None else build_grid(profile)
+    records = {t.key: store.read(t.key) for t in tasks}
+    evaluations = {t.model.id: records[t.key]["result"] for t in tasks if t.kind == "evaluate" and records[t.key]}
+    robust_rows, general_rows, kstar_files, failed = [], [], {}, []
+    for task in tasks:
+        record = records[task.key]
+        if record is None:
+            failure = store.failure(task.key)
+            failed.append({"task": task.title, "model": task.model.id, "data": task.data.id if task.data else "",
+                           "kind": task.kind, "error": failure["error"] if failure else "not computed"})
+            continue
+        if task.kind != "kstar":
+            continue
+        result, model, data = record["result"], task.model, task.data
+        kstar_files[(model.id, data.id)] = record
+        base = {"model": model.id, "label": model.label, "source": model.source, **_info_columns(model),
+                **_kstar_columns(result["kstar"])}
+        if model.family == "robustness" and data.shift is None:
+            robust_rows += _robustness_rows(task, base, evaluations.get(model.id))
+        if model.family == "generalisation" or data.shift is not None or \
+                (profile.zoo is not None and model.info.get("config") == "standard"):
+            if model.source == "builtin":
+                acc = _accuracy_columns("accuracy", result.get("accuracy"), result.get("accuracy_n"))
+            else:
+                acc = _accuracy_columns("accuracy", _published_zeroshot(model, data), None)
+            general_rows.append({**base, "data": data.id, "shift": data.shift or "clean", **acc})
+    robustness = pd.DataFrame(robust_rows)
+    generalisation = pd.DataFrame(general_rows)
+    return {"robustness": robustness, "generalisation": generalisation, "failed": pd.DataFrame(failed),
+            "kstar": kstar_files, "table": summary_table(robustness, generalisation)}
+
+
+def _info_columns(model) -> dict:
+    keys = ("config", "seed", "training", "norm", "eps", "width", "train_fraction", "pretrained")
+    return {k: model.info[k] for k in keys if k in model.info}
+
+
+def _robustness_rows(task: Task, base: dict, evaluation: dict | None) -> list[dict]:
+    model = task.model
+    rows = []
+    if model.source == "builtin":
+        if evaluation is None:
+            return []
+        clean = _accuracy_columns("clean_accuracy", evaluation["clean_accuracy"], evaluation["clean_n"])
+        for norm, found in evaluation["robust"].items():
+            rows.append({**base, "threat_model": norm, "eval_eps": found["eps"], **clean,
+                         **_accuracy_columns("robust_accuracy", found["accuracy"], found["n"]),
+                         "attack": found["version"], "autoattack_flags": len(found.get("flags", []))})
+        return rows
+    published = _published_robust(model)
+    n = PUBLISHED_EVAL_SIZE.get(model.options.get("dataset"))
+    rows.append({**base, "threat_model": model.options["threat_model"], "eval_eps": published.get("eps", math.nan),
+                 **_accuracy_columns("clean_accuracy", published.get("clean"), n),
+                 **_accuracy_columns("robust_accuracy", published.get("robust"), n),
+                 "attack": "AutoAttack (RobustBench, published)", "autoattack_flags": 0})
+    return rows
+
+
+def _published_robust(model) -> dict:
+    """RobustBench's published accuracies (fractions) unless the profile gives the model's own."""
+    from ..accuracy import robustbench_accuracy
+
+    own_clean, own_robust = model.info.get("clean_accuracy"), model.info.get("robust_accuracy")
+    acc = robustbench_accuracy()
+    hit = acc[(acc["model"] == model.name) & (acc["threat_model"] == model.options["threat_model"])]
+    if "dataset" in acc.columns:
+        hit = hit[hit["dataset"] == model.options.get("dataset", "cifar10")]
+    clean = float(hit["clean_accuracy"].iloc[0]) / 100 if len(hit) else math.nan
+    robust = float(hit["autoattack_accuracy"].iloc[0]) / 100 if len(hit) else math.nan
+    eps = float(hit["eps"].iloc[0]) if len(hit) and "eps" in hit.columns else math.nan
+    return {"clean": own_clean if own_clean is not None else clean,
+            "robust": own_robust if own_robust is not None else robust, "eps": eps}
+
+
+def _published_zeroshot(model, data) -> float:
+    from ..accuracy import openclip_zeroshot
+
+    zs = openclip_zeroshot()
+    hit = zs[(zs["model"] == model.name) & (zs["pretrained"] == model.options.get("pretrained"))]
+    column = data.dataset.replace("-", "")
+    return float(hit[column].iloc[0]) if len(hit) and column in hit.columns else math.nan
+
+
+def summary_table(robustness: pd.DataFrame, generalisation: pd.DataFrame) -> pd.DataFrame:
+    """Table 1: one row per model, its k* summary on the clean evaluated set and its accuracies."""
+    rows: dict[str, dict] = {}
+    k_cols = ["gamma", "gamma_lo", "gamma_hi", "gamma_prime", "gamma_prime_lo", "gamma_prime_hi", "fractured",
+              "overlapped", "clustered", "latent_1nn_accuracy"]
+    for _, r in robustness.iterrows():
+        row = rows.setdefault(r["model"], {"model": r["model"], "label": r["label"],
+                                           **{c: r[c] for c in k_cols},
+                                           "clean_accuracy": r["clean_accuracy"]})
+        row[f"robust_accuracy_{r['threat_model']}"] = r["robust_accuracy"]
+    if not generalisation.empty:
+        clean = generalisation[generalisation["shift"] == "clean"]
+        for _, r in clean.iterrows():
+            rows.setdefault(r["model"], {"model": r["model"], "label": r["label"], **{c: r[c] for c in k_cols},
+                                         "clean_accuracy": r["accuracy"]})
+        shifted = generalisation[generalisation["shift"] != "clean"]
+        if not shifted.empty:
+            for model, acc in shifted.groupby("model")["accuracy"].mean().items():
+                if model in rows:
+                    rows[model]["mean_shifted_accuracy"] = acc
+    return pd.DataFrame(list(rows.values()))
+
+
+def aggregate(profile: Profile, store_root: str | Path, out_dir: str | Path) -> Path:
+    """Write the tables, the k* results and the summary of ``profile`` from its store into ``out_dir``."""
+    from .claims import claims_summary
+
+    store = ResultStore(store_root)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tasks = build_grid(profile)
+    parts = collect_tables(profile, store, tasks)
+    for name, file in (("robustness", "robustness.csv"), ("generalisation", "generalisation.csv"),
+                       ("table", "summary_table.csv"), ("failed", "failed.csv")):
+        atomic_write_text(out / file, parts[name].to_csv(index=False))
+    kstar_files = {}
+    for (model_id, data_id), record in parts["kstar"].items():
+        name = f"{slug(model_id)}@{slug(data_id)}.json"
+        kstar_files.setdefault(model_id, []).append({"data": data_id, "file": f"kstar/{name}"})
+        write_json(out / "kstar" / name, {"model": record["model"], "data": record["data"],
+                                          "indices": record["result"].get("indices"),
+                                          "gallery": record["result"].get("gallery", {}),
+                                          "kstar": record["result"]["kstar"]})
+        if record["result"].get("features"):
+            target = out / "features" / slug(model_id)
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.copytree(store.features_dir(record["result"]["features"]), target)
+    models = {t.model.id: t.model for t in tasks}
+    claims = claims_summary(profile, parts["robustness"], parts["generalisation"])
+    atomic_write_text(out / "evidence.csv", pd.DataFrame(claims.pop("evidence_table")).to_csv(index=False))
+    selection = sorted((m, d, r["result"].get("indices") or []) for (m, d), r in parts["kstar"].items())
+    summary = {
+        "profile": profile.name, "title": profile.title, "description": profile.description,
+        "profile_digest": profile.digest(), "origin": profile.origin, "created": _now(),
+        "threshold": 0.5, "compare": [m for m in profile.compare if m in kstar_files],
+        "models": [{"id": m.id, "label": m.label, "family": m.family, "source": m.source, "info": m.info,
+                    "results": kstar_files.get(m.id, [])} for m in models.values()],
+        "failed": parts["failed"].to_dict(orient="records"),
+        "counts": {"tasks": len(tasks), "failed": len(parts["failed"])},
+        "shifts": _shift_descriptions(profile),
+        "data_hash": stable_hash([(d, i) for _, d, i in selection])[:16], **claims,
+    }
+    write_json(out / "summary.json", summary)
+    return out
+
+
+def _shift_descriptions(profile: Profile) -> dict[str, str]:
+    if profile.zoo is None:
+        return {}
+    from ..zoo.shifts import SHIFTS
+
+    return {"clean": "the unchanged test split", **{s: SHIFTS[s].description for s in profile.zoo.shifts}}

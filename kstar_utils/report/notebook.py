@@ -1,0 +1,218 @@
+"""What the report's notebooks call: one line opens the results, a few helpers show them safely.
+
+``results = open_results(profile, results_dir)`` is the first cell of every notebook. With ``results_dir`` (as
+``kstar report`` passes it) it only reads; without it (JupyterLab, default parameters) it runs the profile's task grid
+in this process (finished tasks are reused from the results store) and aggregates it first.
+
+Notebook outputs become HTML pages, so every string that may come from a user (labels, class names, titles) must be
+escaped before it reaches Markdown or HTML: :func:`show_markdown` and :func:`show_table` do that.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..kstar import KStarResult
+
+
+class Results:
+    """Read access to an aggregated results folder (see :mod:`kstar_utils.pipeline.aggregate`)."""
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
+        self.summary = json.loads((self.folder / "summary.json").read_text())
+
+    def table(self, name: str) -> pd.DataFrame:
+        """``robustness``, ``generalisation``, ``table`` (Table 1) or ``failed`` as a DataFrame."""
+        path = self.folder / {"table": "summary_table.csv"}.get(name, f"{name}.csv")
+        try:
+            return pd.read_csv(path, keep_default_na=False, na_values=[""])
+        except pd.errors.EmptyDataError:
+            return pd.DataFrame()
+
+    def model(self, model_id: str) -> dict:
+        for m in self.summary["models"]:
+            if m["id"] == model_id:
+                return m
+        raise KeyError(f"model {model_id!r} is not in this report; models: "
+                       f"{', '.join(m['id'] for m in self.summary['models'])}")
+
+    def _record(self, model_id: str, data_id: str | None = None) -> dict:
+        entries = self.model(model_id)["results"]
+        if not entries:
+            raise KeyError(f"model {model_id!r} has no k* result (its task failed; see failed.csv).")
+        entry = entries[0] if data_id is None else next(e for e in entries if e["data"] == data_id)
+        return json.loads((self.folder / entry["file"]).read_text())
+
+    def kstar(self, model_id: str, data_id: str | None = None) -> KStarResult:
+        """The k* result of ``model_id`` on ``data_id`` (default: its first, clean, evaluated set)."""
+        return KStarResult.from_dict(self._record(model_id, data_id)["kstar"])
+
+    def features(self, model_id: str):
+        """The features kept for Figure 2."""
+        from ..extract import ExtractedFeatures
+        from ..pipeline.aggregate import slug
+
+        return ExtractedFeatures.load(self.folder / "features" / slug(model_id))
+
+    def gallery_partners(self, model_id: str, data_id: str | None = None) -> dict[int, int]:
+        """Sample -> its nearest foreign neighbour, for the smallest-k* samples of each class (found by the task)."""
+        return {int(k): v for k, v in self._record(model_id, data_id).get("gallery", {}).items()}
+
+    def images(self, model_id: str, data_id: str | None = None) -> np.ndarray:
+        """The evaluated images of ``model_id``'s k* result, in the order of its samples (uint8 arrays)."""
+        from ..pipeline.tasks import DataEntry, _dataset
+
+        record = self._record(model_id, data_id)
+        data = _dataset(DataEntry(**record["data"]))
+        return np.stack([np.asarray(data.image(int(i))) for i in record["indices"]])
+
+
+def open_results(profile: Any = "default", results_dir: str | os.PathLike | None = None,
+                 progress: bool = True) -> Results:
+    """The aggregated results of ``profile``: read from ``results_dir``, or computed in this process first."""
+    if results_dir is not None and (Path(results_dir) / "summary.json").exists():
+        return Results(results_dir)
+    from ..pipeline import load_profile
+    from ..pipeline.aggregate import aggregate
+    from ..pipeline.run import run_grid
+    from ..pipeline.tasks import build_grid, store_for
+
+    prof = load_profile(profile)
+    store = store_for(prof)
+    run_grid(build_grid(prof), store, client=None, progress=progress)
+    return Results(aggregate(prof, store, Path(results_dir) if results_dir else store / "report"))
+
+
+def escape(value: Any) -> str:
+    """``value`` as text safe inside Markdown or HTML output."""
+    return html.escape(str(value), quote=True)
+
+
+def show_markdown(text: str, **values: Any) -> None:
+    """Display ``text.format(**values)`` as Markdown, every value escaped (the template itself is ours)."""
+    from IPython.display import Markdown, display
+
+    display(Markdown(text.format(**{k: escape(v) for k, v in values.items()})))
+
+
+def show_table(frame: pd.DataFrame, links: dict | None = None, digits: int = 3) -> None:
+    """Display a DataFrame as the report's escaped, scrolling HTML table."""
+    from IPython.display import HTML, display
+
+    from .render import table_html
+
+    display(HTML(str(table_html(frame, links, digits))))
+
+
+def model_links(results: Results) -> dict[str, dict[str, str]]:
+    """Table links from model ids and labels to their per-model pages."""
+    from .pages import model_page_name
+
+    ids = {m["id"]: model_page_name(m["id"]) for m in results.summary["models"]}
+    labels = {m["label"]: model_page_name(m["id"]) for m in results.summary["models"]}
+    return {"model": ids, "label": labels}
+
+
+def framework_example(seed: int = 0):
+    """Figure 1's computed example: a 2-D latent space built to show one fractured, one overlapped and one clustered
+    concept, and its k* result. Returns (points, labels, result)."""
+    from ..kstar import compute_kstar
+    from ..synthetic import framework_example as example
+
+    points, labels = example(seed=seed)
+    return points, labels, compute_kstar(points, labels, bootstrap=1000, bootstrap_seed=seed)
+
+
+def show_figure_caption(fig) -> None:
+    """Display the caption the plotting function wrote for ``fig`` (package text, no user strings)."""
+    from .. import plots
+
+    text = plots.caption(fig)
+    if text:
+        show_markdown("*{caption}*", caption=text)
+
+
+def show_claim(results: Results, claim_id: str) -> None:
+    """The verdict, the sentence with its numbers and the supporting evidence of one claim, and the rule."""
+    claims = {c["id"]: c for c in results.summary.get("claims", [])}
+    if claim_id not in claims:
+        show_markdown("No {claim} claim can be tested on this profile (no such models).", claim=claim_id)
+        return
+    c = claims[claim_id]
+    details = "\n".join(f"- {escape(d)}" for d in c.get("details", []))
+    from IPython.display import Markdown, display
+
+    display(Markdown(f"**{escape(c['title'])}: {escape(c['verdict'])}.** {escape(c['sentence'])}\n\n{details}\n\n"
+                     f"*{escape(results.summary.get('verdict_rule', ''))}*"))
+
+
+def evidence_table(results: Results, claim_id: str) -> pd.DataFrame:
+    """Every correlation behind a claim (main test, partial correlations, per data set), with n and units."""
+    path = results.folder / "evidence.csv"
+    if not path.exists():
+        return pd.DataFrame()
+    table = pd.read_csv(path, keep_default_na=False, na_values=[""])
+    return table[table["claim"] == claim_id].drop(columns="claim").reset_index(drop=True)
+
+
+def threat_model_tables(results: Results) -> list[tuple[str, float, pd.DataFrame]]:
+    """One leaderboard per threat model, as RobustBench shows them: ranked by robust accuracy, eps in the header."""
+    rob = results.table("robustness")
+    out = []
+    if rob.empty:
+        return out
+    for tm, part in rob.groupby("threat_model", sort=True):
+        eps = float(part["eval_eps"].iloc[0]) if part["eval_eps"].notna().any() else float("nan")
+        cols = {"label": "model", "clean_accuracy": "clean accuracy", "robust_accuracy": f"robust accuracy ({tm})",
+                "robust_accuracy_lo": "robust 95% lo", "robust_accuracy_hi": "robust 95% hi",
+                "gamma_prime": "Gamma'", "gamma_prime_lo": "Gamma' 95% lo", "gamma_prime_hi": "Gamma' 95% hi",
+                "latent_1nn_accuracy": "latent 1-NN accuracy", "fractured": "fractured", "overlapped": "overlapped",
+                "clustered": "clustered"}
+        frame = part.sort_values("robust_accuracy", ascending=False)[[c for c in cols if c in part]]
+        frame = frame.rename(columns=cols).reset_index(drop=True)
+        frame.insert(0, "rank", range(1, len(frame) + 1))
+        out.append((tm, eps, frame))
+    return out
+
+
+def show_model(results: Results, model_id: str) -> None:
+    """The sections of a model's page, in the notebook."""
+    from IPython.display import HTML, display
+
+    from .pages import model_sections, model_title
+
+    show_markdown("## {title}", title=model_title(results, model_id))
+    for section in model_sections(results, model_id):
+        show_markdown("### {heading}", heading=section["heading"])
+        if section.get("text"):
+            show_markdown("{text}", text=section["text"])
+        if section.get("png"):
+            display(HTML(f'<img alt="{escape(section["alt"])}" src="data:image/png;base64,{section["png"]}">'))
+        if section.get("table") is not None:
+            display(HTML(str(section["table"])))
+
+
+def show_shifts(results: Results) -> None:
+    """State what each evaluated set is (the shift and its parameters)."""
+    shifts = results.summary.get("shifts", {})
+    if shifts:
+        from IPython.display import Markdown, display
+
+        display(Markdown("The evaluated sets:\n\n" + "\n".join(f"- **{escape(k)}**: {escape(v)}"
+                                                                for k, v in shifts.items())))
+
+
+def chance_accuracy(results: Results) -> float:
+    """1 / number of classes: a model near it has not learned the task, and its Gamma' is marked as such."""
+    for m in results.summary["models"]:
+        if m["results"]:
+            return 1.0 / len(results.kstar(m["id"]).per_class)
+    return float("nan")

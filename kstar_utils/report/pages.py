@@ -1,0 +1,162 @@
+"""The pages that are not notebooks: one page per model and the index.
+
+Per-model pages are rendered straight from the package (the same functions ``model.ipynb`` calls in JupyterLab), not
+through a papermill kernel each: a report has dozens of models, and a kernel start per page would cost more than the
+rest of the report.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from .notebook import Results, model_links
+from .render import MISSING, alt_text, format_value, png, table_html, write_page
+
+
+def model_page_name(model_id: str) -> str:
+    from ..pipeline.aggregate import slug
+
+    return f"model--{slug(model_id)}.html"
+
+
+def _ci(value: float, lo: float, hi: float, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return MISSING
+    if lo is None or (isinstance(lo, float) and math.isnan(lo)):
+        return format_value(value, digits)
+    return f"{value:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def model_title(results: Results, model_id: str) -> str:
+    """The model's label and its accuracies (with 95% intervals), for the page title."""
+    model = results.model(model_id)
+    parts = [model["label"]]
+    rob = results.table("robustness")
+    rows = rob[rob["model"] == model_id] if not rob.empty else rob
+    if len(rows):
+        r = rows.iloc[0]
+        parts.append(f"clean accuracy {_ci(r['clean_accuracy'], r['clean_accuracy_lo'], r['clean_accuracy_hi'])}")
+        for _, r in rows.iterrows():
+            parts.append(f"{r['threat_model']} robust accuracy (eps {format_value(r['eval_eps'], 3)}) "
+                         f"{_ci(r['robust_accuracy'], r['robust_accuracy_lo'], r['robust_accuracy_hi'])}")
+    else:
+        gen = results.table("generalisation")
+        rows = gen[gen["model"] == model_id] if not gen.empty else gen
+        if len(rows):
+            r = rows.iloc[0]
+            parts.append(f"accuracy on {r['data']} {_ci(r['accuracy'], r['accuracy_lo'], r['accuracy_hi'])}")
+    return "; ".join(parts)
+
+
+def model_sections(results: Results, model_id: str) -> list[dict]:
+    """The figures and tables of one model's page (also shown by ``model.ipynb``)."""
+    from .. import plots
+
+    res = results.kstar(model_id)
+    sections = []
+    fig = plots.kstar_distributions(res, title=results.model(model_id)["label"])
+    sections.append({"heading": "k* distribution of every concept", "png": png(fig),
+                     "alt": alt_text(fig, f"Per-class k* distributions of {model_id}"),
+                     "text": "Each row is a concept (class); fractured concepts have their mass at low k*."})
+    table = res.per_class.copy()
+    sections.append({"heading": "Per-class statistics", "table": table_html(table)})
+    gen = results.table("generalisation")
+    rows = gen[gen["model"] == model_id] if not gen.empty else gen
+    if len(rows) > 1:
+        cols = [c for c in ("data", "accuracy", "accuracy_lo", "accuracy_hi", "gamma", "gamma_prime",
+                            "gamma_prime_lo", "gamma_prime_hi", "latent_1nn_accuracy") if c in rows.columns]
+        sections.append({"heading": "On every evaluated data set", "table": table_html(rows[cols])})
+    partners = results.gallery_partners(model_id)
+    images = _images_or_none(results, model_id)
+    if images is not None and partners:
+        fig = plots.fracture_gallery(images, res.labels, None, res,
+                                     nearest=lambda _f, _y, queries, _m: [partners[int(q)] for q in queries])
+        sections.append({"heading": "What splits a concept: the most fractured samples", "png": png(fig),
+                         "alt": alt_text(fig, f"Evaluated images of {model_id} with the smallest k*, each beside its "
+                                              "nearest neighbour from another class"),
+                         "text": "For the most fractured concepts, the evaluated images with the smallest k* (left of "
+                                 "each pair) beside their nearest neighbour from another class (right)."})
+    elif images is None:
+        sections.append({"heading": "What splits a concept", "text": "The evaluated images are not on this "
+                         "machine (the data set was not found), so the gallery of fractured samples is not shown."})
+    return sections
+
+
+def _images_or_none(results: Results, model_id: str):
+    """The evaluated images, or None where the data set is not on disk here (a report copied elsewhere)."""
+    from ..errors import KStarError
+
+    try:
+        return results.images(model_id)
+    except (KStarError, OSError):
+        return None
+
+
+def render_model_page(results_dir: str | os.PathLike, model_id: str, out_dir: str | os.PathLike) -> str:
+    """Write ``model--<id>.html`` into ``out_dir``; returns its file name."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    results = Results(results_dir)
+    name = model_page_name(model_id)
+    res = results.kstar(model_id)
+    counts = res.pattern_counts
+    intervals = getattr(res, "intervals", None) or {}
+    gp = intervals.get("gamma_prime")
+    summary = (f"Gamma = {res.gamma_true:.3f}, Gamma' = {res.gamma_approx:.3f}"
+               + (f" (95% bootstrap interval {gp[0]:.2f} to {gp[1]:.2f})" if gp else "")
+               + f"; {counts['Fractured']} fractured, {counts['Overlapped']} overlapped, {counts['Clustered']} "
+               f"clustered concepts; {len(res.kstar)} evaluated samples; k* computed {res.method}.")
+    files = [(f"results/{e['file']}", f"k* result on {e['data']} (JSON)") for e in results.model(model_id)["results"]]
+    write_page(Path(out_dir) / name, "model.html.j2", model_title(results, model_id), results.summary,
+               sources=files + [("results/summary_table.csv", "Table 1 (CSV)")], lead=summary,
+               sections=model_sections(results, model_id))
+    return name
+
+
+def index_figures(results: Results) -> list[dict]:
+    """The summary figures of the index: Gamma' against robustness and against generalisation."""
+    from .. import plots
+
+    figures = []
+    rob = results.table("robustness")
+    if not rob.empty:
+        fig = plots.gamma_regions(rob, "robust_accuracy", hue="threat_model",
+                                  xlabel=results.summary.get("x_labels", {}).get("robustness", "robust accuracy"),
+                                  title="Gamma' against robustness")
+        figures.append({"png": png(fig), "alt": alt_text(fig, "Gamma' of each robust model against its robust "
+                                                              "accuracy, on the fractured/overlapped/clustered "
+                                                              "regions")})
+    gen = results.table("generalisation")
+    if not gen.empty:
+        fig = plots.gamma_regions(gen, "accuracy", hue="data", label=None,
+                                  xlabel=results.summary.get("x_labels", {}).get("generalisation", "accuracy"),
+                                  title="Gamma' against generalisation")
+        figures.append({"png": png(fig), "alt": alt_text(fig, "Gamma' of each model on each data set against its "
+                                                              "accuracy there")})
+    return figures
+
+
+def render_index(results_dir: str | os.PathLike, out_dir: str | os.PathLike, pages: list[tuple[str, str]],
+                 model_pages: list[tuple[str, str]]) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    results = Results(results_dir)
+    s = results.summary
+    table = results.table("table")
+    cols = [c for c in table.columns if c != "label"] if not table.empty else []
+    sources = [("results/summary.json", "summary and claims (JSON)"), ("results/summary_table.csv", "Table 1 (CSV)"),
+               ("results/robustness.csv", "robustness table (CSV)"),
+               ("results/generalisation.csv", "generalisation table (CSV)"),
+               ("results/failed.csv", "failed tasks (CSV)")]
+    return write_page(Path(out_dir) / "index.html", "index.html.j2", s["title"], s, sources=sources,
+                      back_to_index=False, threshold=s.get("threshold", 0.5), description=s.get("description", ""),
+                      claims=s.get("claims", []), verdict_rule=s.get("verdict_rule", ""), caveats=s.get("caveats", []),
+                      failed=s.get("failed", []), figures=index_figures(results),
+                      table=table_html(table[cols] if cols else pd.DataFrame(), model_links(results)),
+                      pages=pages, model_pages=model_pages)

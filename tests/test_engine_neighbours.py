@@ -1,0 +1,133 @@
+"""nearest_foreign_index and the symmetric exact kernel's block layouts, against SPEC's brute-force definition."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from kstar_utils import KStarInputError, compute_kstar
+from kstar_utils.neighbours import brute_force_kstar, exact_counts, nearest_foreign_index, sort_by_class
+
+
+def _brute_nearest_foreign(x: np.ndarray, y: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    out = []
+    for q in queries:
+        d = np.sqrt(((x - x[q]) ** 2).sum(axis=1))
+        d[y == y[q]] = np.inf
+        out.append(int(np.flatnonzero(d == d.min())[0]))  # the lowest index among ties
+    return np.array(out)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_nearest_foreign_index_matches_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(300, 7)) + 50.0
+    y = rng.integers(0, 4, 300)
+    queries = rng.choice(300, size=40, replace=False)
+    got = nearest_foreign_index(x, y, queries)
+    np.testing.assert_array_equal(got, _brute_nearest_foreign(x, y, queries))
+    assert np.all(y[got] != y[queries])
+
+
+def test_nearest_foreign_index_breaks_ties_by_lowest_index():
+    x = np.array([[0.0], [1.0], [-1.0], [1.0], [5.0]])  # rows 1, 2 and 3 are all at distance 1 from row 0
+    y = np.array([0, 1, 1, 1, 0])
+    assert nearest_foreign_index(x, y, [0]).tolist() == [1]
+    assert nearest_foreign_index(x, y, np.array([0, 4])).tolist() == [1, 1]
+    perm = np.array([3, 1, 2, 0, 4])  # after reordering the tied rows, the lowest index among them wins again
+    assert nearest_foreign_index(x[perm], y[perm], [3]).tolist() == [0]
+
+
+def test_nearest_foreign_index_on_integer_pixels_with_many_ties():
+    rng = np.random.default_rng(4)
+    x = rng.integers(0, 3, size=(200, 5)).astype(np.float64) + 1e6  # ties everywhere, large common offset
+    y = rng.integers(0, 3, 200)
+    queries = np.arange(200)
+    np.testing.assert_array_equal(nearest_foreign_index(x, y, queries), _brute_nearest_foreign(x, y, queries))
+
+
+def test_nearest_foreign_index_cosine_and_string_labels():
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(120, 6))
+    y = np.array(["cat", "dog", "eel"])[rng.integers(0, 3, 120)]
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    queries = np.arange(0, 120, 7)
+    np.testing.assert_array_equal(nearest_foreign_index(x * 3.0, y, queries, metric="cosine"),
+                                  _brute_nearest_foreign(unit, y, queries))
+
+
+@pytest.mark.parametrize("queries", [[-1], [10], [[0, 1]], [0.5]])
+def test_nearest_foreign_index_rejects_bad_queries(queries):
+    x = np.random.default_rng(0).normal(size=(10, 2))
+    with pytest.raises(KStarInputError, match="quer"):
+        nearest_foreign_index(x, [0, 1] * 5, queries)
+
+
+def test_nearest_foreign_index_empty_queries():
+    x = np.random.default_rng(0).normal(size=(10, 2))
+    assert nearest_foreign_index(x, [0, 1] * 5, []).shape == (0,)
+
+
+# ---------------------------------------------------------------------------------------------- the symmetric kernel
+@pytest.mark.parametrize("block_size", [1, 3, 16, 17, 64, 1000])
+def test_blocks_straddling_classes_and_single_block_classes(block_size):
+    """Class sizes 1, 2, 17, 40 and 3: with these block sizes, row blocks end inside classes, straddle class
+    boundaries in the column tiles, and some classes fit in a single block."""
+    rng = np.random.default_rng(11)
+    sizes = [1, 2, 17, 40, 3]
+    y = np.repeat(np.arange(5), sizes)
+    perm = rng.permutation(len(y))
+    y = y[perm]
+    x = rng.normal(size=(len(y), 3)) + y[:, None] * 0.4
+    with pytest.warns(Warning):  # classes of fewer than three samples
+        res = compute_kstar(x, y, method="exact", block_size=block_size)
+    np.testing.assert_array_equal(res.kstar, brute_force_kstar(x, y))
+
+
+def test_symmetric_kernel_tiles_columns(monkeypatch):
+    """A tiny tile forces several column tiles per row block in both passes; results do not change."""
+    import kstar_utils.neighbours as nb
+
+    rng = np.random.default_rng(12)
+    y = rng.integers(0, 3, 500)
+    x = rng.integers(0, 4, size=(500, 4)).astype(np.float64)  # many exact ties
+    monkeypatch.setattr(nb, "TILE_BYTES", 4 * 8 * 37)
+    res = compute_kstar(x, y, method="exact", block_size=8)
+    np.testing.assert_array_equal(res.kstar, brute_force_kstar(x, y))
+    assert res.params["rechecked_rows"] > 0
+
+
+def test_symmetric_and_row_wise_kernels_agree():
+    rng = np.random.default_rng(13)
+    x = rng.normal(size=(400, 9))
+    y = rng.integers(0, 6, 400)
+    data = sort_by_class(x, y, torch.device("cpu"))
+    symmetric, _ = exact_counts(data, block_size=50)
+    row_wise, _ = exact_counts(data, rows=np.arange(400), block_size=50)
+    np.testing.assert_array_equal(symmetric, row_wise)
+    np.testing.assert_array_equal(1 + symmetric, brute_force_kstar(x[data.order], y[data.order]))
+
+
+def test_band_overflow_falls_back_to_row_rescans(monkeypatch):
+    """With no room for band pairs the unsure rows are re-scanned row by row: same result."""
+    import kstar_utils.neighbours as nb
+
+    rng = np.random.default_rng(14)
+    x = rng.integers(0, 3, size=(300, 3)).astype(np.float64) + 1e6
+    y = rng.integers(0, 3, 300)
+    monkeypatch.setattr(nb, "BAND_PAIRS_LIMIT", 0)
+    np.testing.assert_array_equal(compute_kstar(x, y, method="exact", block_size=32).kstar, brute_force_kstar(x, y))
+
+
+def test_given_radius_for_all_rows_uses_the_same_class_pass():
+    rng = np.random.default_rng(15)
+    x = rng.integers(0, 4, size=(350, 3)).astype(np.float64)
+    y = rng.integers(0, 4, 350)
+    data = sort_by_class(x, y, torch.device("cpu"))
+    xs, ys = x[data.order], y[data.order]
+    radius = np.array([np.sqrt(((xs[ys != ys[r]] - xs[r]) ** 2).sum(1)).min() for r in range(350)])
+    for block in (None, 9):
+        counts, stats = exact_counts(data, radius=radius, block_size=block)
+        np.testing.assert_array_equal(1 + counts, brute_force_kstar(xs, ys))
+    assert stats.rechecked_pairs > 0  # integer distances: pairs exactly at r_p, decided in float64

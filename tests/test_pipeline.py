@@ -1,0 +1,200 @@
+"""The task grid on Dask: LocalCluster vs in-process, a TCP cluster of separate processes, a killed worker, failed
+tasks, resumed runs, and two runs sharing one store."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from kstar_utils.pipeline import load_profile
+from kstar_utils.pipeline.aggregate import aggregate, collect_tables
+from kstar_utils.pipeline.results import ResultStore
+from kstar_utils.pipeline.run import open_client, run_grid
+from kstar_utils.pipeline.tasks import build_grid, run_task
+
+pytestmark = pytest.mark.slow
+TABLE_COLUMNS = ["model", "gamma", "gamma_prime", "fractured", "overlapped", "clustered", "latent_1nn_accuracy"]
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    """One zoo and feature cache for the module (trained once), isolated from the user's caches."""
+    root = tmp_path_factory.mktemp("pipeline")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("KSTAR_ZOO", str(root / "zoo"))
+    mp.setenv("KSTAR_CACHE", str(root / "features"))
+    mp.setenv("KSTAR_OFFLINE", "1")
+    yield root
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def inprocess(shared):
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the same arithmetic as a one-thread Dask worker
+    try:
+        profile = load_profile("smoke")
+        statuses = run_grid(build_grid(profile), shared / "store-a", client=None, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    return profile, statuses
+
+
+def _tables(profile, store) -> dict[str, pd.DataFrame]:
+    parts = collect_tables(profile, ResultStore(store))
+    return {k: parts[k].sort_values(["model"] + (["data"] if "data" in parts[k] else [])).reset_index(drop=True)
+            for k in ("robustness", "generalisation")}
+
+
+def test_grid_has_one_kstar_task_per_model_and_data_set():
+    profile = load_profile("smoke")
+    tasks = build_grid(profile)
+    kinds = pd.Series([t.kind for t in tasks]).value_counts().to_dict()
+    models = {t.model.id for t in tasks}
+    assert models == {"standard-s0", "pgd-linf-0.1-s0", "width8-s0"}
+    assert kinds == {"train": 3, "evaluate": 2, "kstar": 3 + 2 * 2}  # clean for all; noise and blur for 2
+    keys = {t.key for t in tasks}
+    assert all(set(t.needs) <= keys for t in tasks) and len(keys) == len(tasks)
+    assert [t.key for t in build_grid(profile)] == [t.key for t in tasks]  # keys are stable
+    assert {t.key for t in build_grid(profile.with_compute(bootstrap=7)) if t.kind == "kstar"}.isdisjoint(
+        {t.key for t in tasks if t.kind == "kstar"})
+
+
+def test_local_cluster_with_two_workers_gives_the_in_process_tables(shared, inprocess):
+    profile, statuses = inprocess
+    assert all(s["status"] == "done" for s in statuses.values())
+    with open_client("local", n_workers=2) as client:
+        assert len(client.scheduler_info()["workers"]) == 2
+        remote = run_grid(build_grid(profile), shared / "store-b", client=client, progress=False)
+    assert all(s["status"] == "done" and not s["cached"] for s in remote.values())
+    a, b = _tables(profile, shared / "store-a"), _tables(profile, shared / "store-b")
+    for name in a:
+        assert len(a[name]) > 0
+        pd.testing.assert_frame_equal(a[name][TABLE_COLUMNS], b[name][TABLE_COLUMNS])
+    # a rerun skips every finished task
+    again = run_grid(build_grid(profile), shared / "store-a", client=None, progress=False)
+    assert all(s["cached"] for s in again.values())
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _dask(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True)
+
+
+def test_kstar_study_on_a_tcp_cluster_of_separate_processes(shared, inprocess, tmp_path):
+    port = _free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    processes = [_dask("distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", str(port),
+                       "--dashboard-address", ":0", "--no-dashboard")]
+    try:
+        time.sleep(2)
+        processes += [_dask("distributed.cli.dask_worker", address, "--nthreads", "1", "--no-dashboard",
+                            "--name", f"w{i}") for i in range(2)]
+        from distributed import Client
+
+        with Client(address, timeout="60s") as client:
+            client.wait_for_workers(2, timeout=90)
+        out = subprocess.run([sys.executable, "-m", "kstar_utils.cli", "study", "--profile", "smoke", "--quiet",
+                              "--scheduler", address, "--results-dir", str(tmp_path / "store")],
+                             capture_output=True, text=True, timeout=900)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert "tasks done" in out.stdout
+    finally:
+        for p in processes:
+            os.killpg(p.pid, signal.SIGTERM)
+        for p in processes:
+            p.wait(timeout=30)
+    profile = inprocess[0]
+    a, b = _tables(profile, shared / "store-a"), _tables(profile, tmp_path / "store")
+    pd.testing.assert_frame_equal(a["robustness"][TABLE_COLUMNS], b["robustness"][TABLE_COLUMNS])
+
+
+def test_a_worker_killed_mid_run_loses_no_result(shared, inprocess, tmp_path):
+    profile = inprocess[0].with_compute(bootstrap=123)  # new k* task keys: the k* tasks run again
+    tasks = build_grid(profile)
+    with open_client("local", n_workers=2) as client:
+        pids = client.run(os.getpid)
+        from distributed import as_completed
+
+        futures = {t.key: client.submit(run_task, t, str(tmp_path), key=t.key, pure=False)
+                   for t in tasks if t.kind != "kstar"}
+        futures.update({t.key: client.submit(run_task, t, str(tmp_path), *(futures[k] for k in t.needs),
+                                             key=t.key, pure=False) for t in tasks if t.kind == "kstar"})
+        killed = False
+        for future in as_completed(list(futures.values())):
+            assert future.result()["status"] == "done"
+            if not killed:
+                os.kill(next(iter(pids.values())), signal.SIGKILL)
+                killed = True
+    store = ResultStore(tmp_path)
+    assert all(store.has(t.key) for t in tasks)
+    for t in tasks:
+        json.loads(store.path(t.key).read_text())  # every record is whole
+
+
+def test_a_killed_run_resumes_where_it_stopped(shared, inprocess, tmp_path):
+    script = (f"import os; os.environ['KSTAR_ZOO']={str(shared / 'zoo')!r}; os.environ['KSTAR_CACHE']="
+              f"{str(shared / 'features')!r}\nfrom kstar_utils.pipeline import load_profile\n"
+              "from kstar_utils.pipeline.run import run_grid\nfrom kstar_utils.pipeline.tasks import build_grid\n"
+              f"run_grid(build_grid(load_profile('smoke').with_compute(bootstrap=321)), {str(tmp_path)!r}, "
+              "progress=False)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    store = ResultStore(tmp_path)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list((tmp_path / "done").glob("kstar-*.json")):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    profile = inprocess[0].with_compute(bootstrap=321)
+    tasks = build_grid(profile)
+    before = sum(store.has(t.key) for t in tasks)
+    assert 0 < before < len(tasks)
+    statuses = run_grid(tasks, tmp_path, progress=False)
+    assert sum(s["cached"] for s in statuses.values()) == before
+    assert all(store.has(t.key) for t in tasks)
+
+
+def test_two_runs_sharing_one_store_never_corrupt_it(shared, inprocess, tmp_path):
+    script = (f"import os; os.environ['KSTAR_ZOO']={str(shared / 'zoo')!r}; os.environ['KSTAR_CACHE']="
+              f"{str(shared / 'features')!r}\nfrom kstar_utils.pipeline import load_profile\n"
+              "from kstar_utils.pipeline.run import run_grid\nfrom kstar_utils.pipeline.tasks import build_grid\n"
+              f"s = run_grid(build_grid(load_profile('smoke').with_compute(bootstrap=99)), {str(tmp_path)!r}, "
+              "progress=False)\nassert all(v['status'] == 'done' for v in s.values())\n")
+    procs = [subprocess.Popen([sys.executable, "-c", script]) for _ in range(2)]
+    assert [p.wait(timeout=600) for p in procs] == [0, 0]
+    profile = inprocess[0].with_compute(bootstrap=99)
+    store = ResultStore(tmp_path)
+    for t in build_grid(profile):
+        assert store.read(t.key)["status"] == "done"
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_a_failing_task_is_recorded_and_the_others_complete(shared, tmp_path):
+    path = tmp_path / "mixed.yaml"
+    path.write_text("extends: smoke\nrobustbench:\n  dataset: cifar10\n  data_root: " + str(tmp_path / "none")
+                    + "\n  models:\n    - {name: Standard, threat_model: Linf}\n")
+    profile = load_profile(path)
+    statuses = run_grid(build_grid(profile), tmp_path / "store", progress=False)
+    failed = [s for s in statuses.values() if s["status"] == "failed"]
+    assert len(failed) == 1 and "CIFAR-10" in failed[0]["error"]
+    out = aggregate(profile, tmp_path / "store", tmp_path / "agg")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["counts"]["failed"] == 1 and summary["failed"][0]["model"] == "Standard/Linf"
+    assert len(pd.read_csv(out / "robustness.csv")) == 2  # the zoo's two robustness points survive

@@ -1,0 +1,76 @@
+"""Typed profiles: every built-in profile parses; bad YAML gets one line naming the key, the file and what is allowed."""
+
+from __future__ import annotations
+
+import pytest
+
+from kstar_utils.errors import KStarError, ProfileError
+from kstar_utils.pipeline.profiles import Profile, ZooSection, load_profile, profile_names
+
+
+def test_every_builtin_profile_parses_into_typed_sections():
+    assert {"default", "smoke", "fashion", "paper"} <= set(profile_names())
+    for name in profile_names():
+        profile = load_profile(name)
+        assert isinstance(profile, Profile) and profile.name == name and profile.origin == "built-in"
+        assert profile.zoo or profile.robustbench or profile.openclip
+    default = load_profile("default")
+    assert isinstance(default.zoo, ZooSection) and isinstance(default.zoo.linf_budgets, tuple)
+    assert set(default.zoo.eval_eps) == {"Linf", "L2"}
+    paper = load_profile("paper")
+    assert "Wang2023Better_WRN-70-16/L2" in paper.compare and paper.openclip.normalize is True
+
+
+def test_digest_changes_with_content_only(tmp_path):
+    a = load_profile("smoke")
+    assert a.digest() == load_profile("smoke").digest()
+    assert a.with_compute(batch_size=7).digest() != a.digest()
+    assert a.with_compute(batch_size=None) is a
+
+
+def test_a_user_profile_extends_a_builtin_one(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("extends: smoke\ntitle: mine\nzoo:\n  seeds: [1, 2]\ncompute:\n  bootstrap: 10\n")
+    profile = load_profile(path)
+    assert profile.name == "mine" and profile.title == "mine" and profile.origin == str(path)
+    assert profile.zoo.seeds == (1, 2) and profile.zoo.epochs == load_profile("smoke").zoo.epochs
+    assert profile.compute.bootstrap == 10
+
+
+BAD = [
+    ("compair: [a, b]\nzoo: {}\n", "unknown key 'compair'.*allowed at the top level: name, title"),
+    ("- a\n- b\n", "is a YAML list; it must be a mapping"),
+    ("extends: smoke\nzoo:\n  seeds: 3\n", r"zoo.seeds is 3; expected a list of an integer"),
+    ("extends: smoke\ncompare: 5\n", "compare is 5; expected a list of a string"),
+    ("extends: smoke\ncompare: digits-standard\n", "compare is 'digits-standard'; expected a list"),
+    ("extends: smoke\ntorchvision: {models: [resnet18]}\n", "unknown key 'torchvision'"),
+    ("robustbench:\n  models:\n    - {name: X}\n", r"missing key 'robustbench.models\[0\].threat_model'"),
+    ("robustbench:\n  models:\n    - {name: X, threat_model: Linf2}\n", "threat_model is 'Linf2'; allowed: Linf, L2"),
+    ("extends: smoke\nzoo: {epochs: 'many'}\n", "zoo.epochs is 'many'; expected an integer"),
+    ("extends: smoke\nzoo: {shifts: [noise, fog]}\n", "zoo.shifts.* is 'fog'; allowed: "),
+    ("extends: smoke\ncompute: {precision: fp8}\n", "compute.precision is 'fp8'; allowed: fp32, bf16, fp16"),
+    ("extends: smoke\ncompute: {batch_size: 0}\n", "compute.batch_size is 0; it must be at least 1"),
+    ("zoo: [1\n", "invalid YAML at line 1"),
+    ("title: nothing\n", "names no models"),
+    ("", "is empty"),
+    ("extends: nonsense\n", "unknown profile 'nonsense'"),
+    ("extends: 3\n", "extends is 3; expected a profile name"),
+]
+
+
+@pytest.mark.parametrize("text, message", BAD, ids=[m.split(";")[0][:30] for _, m in BAD])
+def test_bad_profiles_name_the_key_and_the_file(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ProfileError, match=message) as info:
+        load_profile(path)
+    assert isinstance(info.value, KStarError) and "\n" not in str(info.value)
+    if "YAML" not in message and "empty" not in message and "extends" not in message:
+        assert str(path) in str(info.value)
+
+
+def test_unknown_names_and_missing_files():
+    with pytest.raises(ProfileError, match="unknown profile 'nope'; use one of .*default"):
+        load_profile("nope")
+    with pytest.raises(ProfileError, match="does not exist"):
+        load_profile("/no/such/profile.yaml")
