@@ -1,5 +1,19 @@
 """kstar_utils: the k* distribution of Kotyan, Chen and Vargas for the latent spaces of vision models.
 
+How data flows (one way, no back and forth)::
+
+    profile (YAML -> typed, pipeline/profiles.py)
+      -> task grid (pipeline/tasks.py): one task per (model, data set), plus the zoo's train/evaluate tasks
+           data set (datasets.py) -> source (sources/, zoo/) -> extract + feature cache (extract.py, cache.py)
+           -> k* engine (kstar.py, neighbours.py, metrics.py) -> one result file, written once under a content key
+      -> run on Dask (pipeline/run.py): a LocalCluster sized to the machine, a scheduler address, or in-process
+      -> results store (pipeline/results.py): done/, failed/, features/
+      -> aggregate (pipeline/aggregate.py, claims.py + evidence.py): tables (CSV), summary.json with verdicts
+      -> notebooks (notebooks/, papermill, thin) and per-model pages -> figures (plots.py)
+      -> render (report/render.py, Jinja2 templates) -> publish the owned folder at once (report/publish.py)
+
+Shared rooms: errors.py (every exception, rooted at KStarError: the CLI prints those as one line), plumbing.py
+(atomic writes, strict JSON, hashing, default folders, device choice), validation.py (every input check of the engine).
 The public API is re-exported here; heavy modules (feature sources, plots, reports) load on first use so that
 ``import kstar_utils`` stays fast.
 """

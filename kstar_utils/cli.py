@@ -11,8 +11,8 @@ import argparse
 import sys
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 from . import __version__
 from .errors import KStarError, KStarInputError
@@ -101,7 +101,9 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--source", required=True, choices=["robustbench", "openclip", "torchvision", "builtin", "pixels"])
+    from .sources import source_names
+
+    p.add_argument("--source", required=True, choices=source_names())
     p.add_argument("--model", required=True, help="RobustBench model name, OpenCLIP architecture, torchvision model "
                                                   "or built-in zoo model")
     p.add_argument("--pretrained", help="OpenCLIP tag or weights file; torchvision weights name or state-dict file")
@@ -119,7 +121,8 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--normalize", action="store_true", help="OpenCLIP: L2-normalise the embeddings")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, ...")
-    p.add_argument("--amp", action="store_true", help="mixed precision (float16 on CUDA, bfloat16 on CPU; recorded)")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+                   help="fp32, or bf16 / fp16 autocast (recorded with the features and in the cache key)")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     p.add_argument("--cache-dir", help="feature cache (default: $KSTAR_CACHE or ~/.cache/kstar/features)")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
@@ -138,7 +141,7 @@ def _run_extract(args: argparse.Namespace) -> int:
         options["normalize"] = args.normalize
     result = extract(
         args.source, args.model, args.dataset, split=args.split, data_root=args.data_root,
-        per_class=args.per_class, seed=args.seed, batch_size=args.batch_size, device=args.device, amp=args.amp,
+        per_class=args.per_class, seed=args.seed, batch_size=args.batch_size, device=args.device, precision=args.precision,
         num_workers=args.workers, cache=False if args.no_cache else args.cache_dir, progress=not args.quiet,
         **options,
     )
@@ -208,7 +211,7 @@ def _run_report(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     index = build_report(args.profile, args.out, results_dir=args.results_dir, scheduler=args.scheduler,
-                         workers=args.workers, force=args.force, per_model=not args.no_model_pages,
+                         n_workers=args.workers, force=args.force, per_model=not args.no_model_pages,
                          progress=not args.quiet, **_compute_overrides(args))
     print(f"report of profile {args.profile} in {time.perf_counter() - start:.0f} s: {index}")
     return 0

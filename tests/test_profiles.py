@@ -50,7 +50,7 @@ BAD = [
     ("extends: smoke\nzoo: {shifts: [noise, fog]}\n", "zoo.shifts.* is 'fog'; allowed: "),
     ("extends: smoke\ncompute: {precision: fp8}\n", "compute.precision is 'fp8'; allowed: fp32, bf16, fp16"),
     ("extends: smoke\ncompute: {batch_size: 0}\n", "compute.batch_size is 0; it must be at least 1"),
-    ("zoo: [1\n", "invalid YAML at line 1"),
+    ("zoo: [1\n", "invalid YAML at line 2, column 1"),
     ("title: nothing\n", "names no models"),
     ("", "is empty"),
     ("extends: nonsense\n", "unknown profile 'nonsense'"),
@@ -74,3 +74,15 @@ def test_unknown_names_and_missing_files():
         load_profile("nope")
     with pytest.raises(ProfileError, match="does not exist"):
         load_profile("/no/such/profile.yaml")
+
+
+def test_robustbench_profiles_take_every_loadable_model_of_the_csv():
+    from kstar_utils.accuracy import loadable_models
+
+    for name, dataset, threat_models in (("robustbench-cifar10", "cifar10", ("Linf", "L2")),
+                                         ("robustbench-cifar100", "cifar100", ("Linf",)),
+                                         ("robustbench-imagenet", "imagenet", ("Linf",))):
+        profile = load_profile(name)
+        listed = [(m.name, m.threat_model) for m in profile.robustbench.models]
+        expected = [(m, tm) for tm in threat_models for m in loadable_models(dataset, tm)]
+        assert listed == expected and profile.robustbench.dataset == dataset, name

@@ -14,8 +14,8 @@ from pathlib import Path
 import nbformat
 import numpy as np
 import pytest
-
 from conftest import require_or_skip
+
 from kstar_utils.errors import ReportFolderError
 from kstar_utils.report import NOTEBOOKS, Results, build_report, notebooks_dir
 from kstar_utils.report.publish import MANIFEST
@@ -40,7 +40,7 @@ def env(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def report(env):
-    return build_report("smoke", env / "site", scheduler="local", workers=2, progress=False)
+    return build_report("smoke", env / "site", scheduler="local", n_workers=2, progress=False)
 
 
 class _Page(HTMLParser):
@@ -105,7 +105,7 @@ def test_every_page_holds_its_figures_footer_alt_text_and_working_links(report):
             target = href.split("#")[0]
             if target:
                 assert (site / target).exists(), (path.name, href)
-        assert not re.search(r"""<(script|iframe)\b""", text, re.I), path.name
+        assert not re.search(r"""<(script|iframe)\b""", text, re.IGNORECASE), path.name
 
 
 def test_index_states_verdicts_rule_caveats_and_links_every_model(report):
@@ -207,7 +207,6 @@ def test_a_users_yaml_with_hostile_labels_and_class_names_renders_escaped(env, t
     import open_clip
     import torch
     import yaml
-
     from fixtures_data import TINY_CLIP, pyautoattack_resnet18, write_cifar10, write_mnist_like
 
     monkeypatch.setattr("torchvision.datasets.cifar.check_integrity", lambda *a, **k: True)  # format, not bytes

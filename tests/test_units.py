@@ -11,7 +11,6 @@ import sys
 import warnings
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
@@ -248,15 +247,8 @@ def test_extraction_key_covers_what_changes_the_numbers():
 def test_zoo_helpers(tmp_path, monkeypatch):
     from kstar_utils.zoo.data import class_names
     from kstar_utils.zoo.models import SmallCNN, build_model
-    from kstar_utils.zoo.study import (
-        PROFILES,
-        Profile,
-        StudyResult,
-        answer_question,
-        ensure_evaluated,
-        generalisation_specs,
-        robustness_points,
-    )
+    from kstar_utils.pipeline import load_profile
+    from kstar_utils.zoo.study import generalisation_models, model_folder, zoo_models
     from kstar_utils.zoo.train import ZooModelSpec, default_zoo_dir, load_trained, save_trained, train_subset
 
     monkeypatch.setenv("KSTAR_ZOO", str(tmp_path / "zoo"))
@@ -274,81 +266,13 @@ def test_zoo_helpers(tmp_path, monkeypatch):
     back, _ = load_trained(tmp_path / "w")
     x28 = torch.rand(2, 1, 28, 28)
     assert len(back.body) == len(wide.body) > len(model.body) and torch.equal(back.eval()(x28), wide.eval()(x28))
-    calls = []
-    meta = ensure_evaluated(loaded, tmp_path / "m", meta, {"score": lambda: calls.append(1) or 0.5})
-    meta = ensure_evaluated(loaded, tmp_path / "m", meta, {"score": lambda: calls.append(1) or 0.5})
-    assert calls == [1] and json.loads((tmp_path / "m" / "meta.json").read_text())["evaluation"]["score"] == 0.5
     assert class_names("digits")[3] == "3"
-    assert isinstance(PROFILES["smoke"], Profile) and StudyResult.__name__ == "StudyResult"
-    assert {s.train_fraction for s in generalisation_specs(PROFILES["digits"])} == {1.0, 0.1, 0.3}
-    rob = pd.DataFrame({"model": ["s", "a", "b", "c"], "norm": ["none", "Linf", "Linf", "L2"],
-                        "robust_accuracy_Linf": [0.1, 0.5, 0.7, np.nan], "robust_accuracy_L2": [0.2, np.nan, np.nan, 0.6],
-                        "gamma_prime": [1.0, 0.5, 0.2, 0.4], "gamma": [1.0, 0.5, 0.2, 0.4]})
-    points = robustness_points(rob, {"Linf": 0.1, "L2": 0.5})
-    assert len(points) == 5 and set(points["threat_model"]) == {"Linf", "L2"}
-    gen = pd.DataFrame({"model": ["s", "s", "a", "a"], "accuracy": [0.9, 0.5, 0.8, 0.4],
-                        "gamma_prime": [0.1, 0.9, 0.2, 1.0]})
-    corr, text = answer_question(rob, gen, PROFILES["digits"])
-    assert corr["robustness_Linf"]["n"] == 3 and corr["robustness_pooled"]["spearman"] < 0
-    assert "Gamma' falls as accuracy rises" in text and "n = 5" in text
-
-
-# ------------------------------------------------------------------------------------------------------------- report
-def test_report_helpers(tmp_path):
-    import nbformat
-
-    from kstar_utils import report
-
-    assert (report.profile_dir() / "default.yaml").exists()
-    assert report.default_results_dir({"name": "x"}).name == "x"
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# Hello"),
-                                         nbformat.v4.new_code_cell("print(1)")])
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(nb, str(tmp_path / "in.ipynb"))
-    report.execute(tmp_path / "in.ipynb", tmp_path / "out.ipynb", {}, tmp_path)
-    page = report.to_html(tmp_path / "out.ipynb", tmp_path / "out.html", "Hello").read_text()
-    assert "<h1" in page and "print(1)" not in page and ">1" in page and "<title>Hello</title>" in page
-    assert "<script" not in page
-    (tmp_path / "stale.html").write_text("x")
-    report.clean_report_dir(tmp_path)
-    assert not list(tmp_path.glob("*.html"))
-    assert report.answer_markdown({"answer": "a\nb"}).endswith("- a\n- b")
-
-
-# ---------------------------------------------------------------------------------------------------------------- cli
-def test_cli_parser_and_error_mapping(capsys):
-    from kstar_utils.cli import UserError, build_parser, main, user_errors
-
-    parser = build_parser()
-    assert {"compute", "extract", "study", "report"} <= set(parser._subparsers._group_actions[0].choices)
-    assert UserError in user_errors() and FileNotFoundError in user_errors()
-    assert main(["study", "--profile", "nope"]) == 2
-    assert "unknown study profile" in capsys.readouterr().err
-
-
-def test_hf_hub_timeouts_take_effect(monkeypatch):
-    """Set before huggingface_hub reads them; patched into its constants if it was imported first."""
-    import huggingface_hub.constants as hf
-
-    from kstar_utils import compat
-
-    monkeypatch.delenv("HF_HUB_ETAG_TIMEOUT", raising=False)
-    monkeypatch.delenv("HF_HUB_DOWNLOAD_TIMEOUT", raising=False)
-    monkeypatch.setattr(hf, "HF_HUB_ETAG_TIMEOUT", hf.DEFAULT_ETAG_TIMEOUT)
-    monkeypatch.setattr(hf, "HF_HUB_DOWNLOAD_TIMEOUT", hf.DEFAULT_DOWNLOAD_TIMEOUT)
-    assert compat.configure_hf_hub() == {"HF_HUB_ETAG_TIMEOUT": 10, "HF_HUB_DOWNLOAD_TIMEOUT": 60}
-    assert (hf.HF_HUB_ETAG_TIMEOUT, hf.HF_HUB_DOWNLOAD_TIMEOUT) == (10, 60)
-    monkeypatch.setenv("HF_HUB_DOWNLOAD_TIMEOUT", "300")  # the user's own setting wins
-    assert compat.configure_hf_hub()["HF_HUB_DOWNLOAD_TIMEOUT"] == 300
-
-
-def test_hf_hub_timeouts_are_set_before_huggingface_hub_is_imported():
-    import subprocess
-
-    code = ("import os, sys; import kstar_utils.sources.openclip; "
-            "assert 'huggingface_hub' not in sys.modules or os.environ['HF_HUB_ETAG_TIMEOUT'] == '10'; "
-            "import huggingface_hub.constants as c; print(c.HF_HUB_ETAG_TIMEOUT, c.HF_HUB_DOWNLOAD_TIMEOUT)")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_HUB_") or k == "HF_HUB_OFFLINE"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, env=env, timeout=300)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["10", "60"]
+    zoo = load_profile("default").zoo
+    models = zoo_models(zoo)
+    ids = [m.id for m in models]
+    assert len(ids) == len(set(ids)) and {m.seed for m in models} == set(zoo.seeds)
+    robust = [m for m in models if m.family == "robustness" and m.config != "standard"]
+    assert all(m.threat_models == (m.spec.norm,) for m in robust)  # each robust model under its own threat model
+    assert {m.config for m in models if m.config == "standard"} == {"standard"}
+    assert {m.spec.train_fraction for m in generalisation_models(zoo)} == {1.0, *zoo.fractions}
+    assert model_folder(models[0].spec).parent == tmp_path / "zoo"

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from kstar_utils.zoo import PROFILES, run_study
+from kstar_utils.errors import KStarInputError
+from kstar_utils.pipeline import load_profile
 from kstar_utils.zoo.attacks import accuracy, autoattack_accuracy, pgd
 from kstar_utils.zoo.data import load_tensors
-from kstar_utils.zoo.study import ensure_trained, robustness_specs, shift
+from kstar_utils.zoo.shifts import apply_shift
+from kstar_utils.zoo.study import ensure_trained, shifted_images, zoo_models
 from kstar_utils.zoo.train import ZooModelSpec, train_model
 
 pytestmark = pytest.mark.slow
@@ -65,9 +66,9 @@ def test_autoattack_is_recorded_with_its_attacks(digits):
 def test_trained_models_are_cached_and_reused(tmp_path, digits):
     x, y, *_ = digits
     spec = _spec(epochs=2)
-    model, folder, meta = ensure_trained(spec, tmp_path, x, y, progress=False)
+    model, folder, meta = ensure_trained(spec, tmp_path, progress=False)
     stamp = (folder / "model.safetensors").stat().st_mtime_ns
-    again, folder2, meta2 = ensure_trained(spec, tmp_path, x, y, progress=False)
+    again, folder2, meta2 = ensure_trained(spec, tmp_path, progress=False)
     assert folder2 == folder and (folder / "model.safetensors").stat().st_mtime_ns == stamp
     assert meta2["train_seconds"] == meta["train_seconds"]
     assert torch.equal(again.classifier.weight, model.classifier.weight)
@@ -88,34 +89,32 @@ def test_interrupted_training_resumes_and_ends_with_the_same_weights(tmp_path, d
 def test_shifts_are_deterministic_and_stay_in_range(digits):
     _, _, xt, _ = digits
     for kind in ("clean", "noise", "blur", "rotation", "contrast"):
-        a, b = shift(xt[:50], kind, seed=1), shift(xt[:50], kind, seed=1)
+        a, b = apply_shift(xt[:50], kind, seed=1), apply_shift(xt[:50], kind, seed=1)
         assert torch.equal(a, b) and a.shape == xt[:50].shape
         assert a.min() >= 0 and a.max() <= 1
-    assert not torch.equal(shift(xt[:50], "noise", seed=1), xt[:50])
-    with pytest.raises(ValueError):
-        shift(xt, "fog")
+    assert not torch.equal(apply_shift(xt[:50], "noise", seed=1), xt[:50])
+    with pytest.raises(KStarInputError):
+        apply_shift(xt, "fog")
 
 
-def test_default_profile_has_the_promised_budgets():
-    specs = robustness_specs(PROFILES["digits"])
-    assert sum(s.norm == "Linf" for s in specs) >= 3 and sum(s.norm == "L2" for s in specs) >= 3
-    assert sum(s.training == "standard" for s in specs) == 1
+def test_shifted_images_are_a_labelled_set_named_by_their_content():
+    from kstar_utils.datasets import open_dataset
+
+    clean = open_dataset("digits", split="test")
+    noisy = shifted_images(clean, "noise", seed=0)
+    assert len(noisy) == len(clean) and np.array_equal(noisy.labels, clean.labels)
+    assert noisy.name.startswith("digits+noise#") and noisy.name == shifted_images(clean, "noise", seed=0).name
+    assert noisy.name != shifted_images(clean, "noise", seed=1).name  # other pixels, another cache key
+    assert "sigma" in noisy.info["description"]
 
 
-def test_smoke_study_runs_and_answers_with_numbers(tmp_path, monkeypatch):
-    monkeypatch.setenv("KSTAR_ZOO", str(tmp_path / "zoo"))
-    result = run_study("smoke", progress=False)
-    assert len(result.robustness) == 2
-    assert {"clean_accuracy", "robust_accuracy_Linf", "gamma", "gamma_prime", "fractured"} <= set(result.robustness)
-    assert "n = " in result.answer and "Spearman" in result.answer
-    assert result.correlations["robustness_pooled"]["n"] == 3
-    saved = result.save(tmp_path / "out")
-    study = json.loads((saved / "study.json").read_text())
-    assert study["profile"]["name"] == "smoke"
-    back = type(result).load(saved)
-    assert back.answer == result.answer and set(back.kstar) == set(result.kstar)
-    again = run_study("smoke", progress=False)  # everything cached now
-    np.testing.assert_allclose(again.robustness["gamma_prime"], result.robustness["gamma_prime"])
+def test_default_profile_has_the_promised_budgets_and_seeds():
+    zoo = load_profile("default").zoo
+    models = zoo_models(zoo)
+    for norm in ("Linf", "L2"):
+        robust = [m for m in models if m.spec.norm == norm]
+        assert len(robust) >= 20 and len({m.config for m in robust}) * len(zoo.seeds) == len(robust), norm
+    assert len(zoo.seeds) >= 3 and sum(m.config == "standard" for m in models) == len(zoo.seeds)
 
 
 def test_builtin_zoo_is_a_feature_source(tmp_path, monkeypatch):
@@ -124,9 +123,9 @@ def test_builtin_zoo_is_a_feature_source(tmp_path, monkeypatch):
     from kstar_utils.sources import load_source
 
     monkeypatch.setenv("KSTAR_ZOO", str(tmp_path / "zoo"))
-    model = load_source("builtin", "digits-width8", progress=False)
+    model = load_source("builtin", "standard-s0", study="smoke", progress=False)
     feats = extract_features(model, open_dataset("digits", split="test"), per_class=5, cache=False, progress=False)
-    assert feats.features.shape == (50, 64) and model.identity["weights_sha256"]
-    with pytest.raises(ValueError, match="unknown built-in model"):
-        load_source("builtin", "digits-nope")
+    assert feats.features.shape == (50, load_profile("smoke").zoo.latent) and model.identity["weights_sha256"]
+    with pytest.raises(KStarInputError, match="unknown built-in model"):
+        load_source("builtin", "digits-nope", study="smoke")
     assert math.isfinite(float(feats.features.sum()))

@@ -109,17 +109,24 @@ def digits_train():
 # ---------------------------------------------------------------------------------------------------------- shifts
 def test_shifts_state_their_parameters_and_keep_their_numerics():
     assert set(SHIFTS) == {"noise", "blur", "rotation", "contrast"}
-    assert "0.2" in SHIFTS["noise"].description and "3x3" in SHIFTS["blur"].description
-    assert "20 degrees" in SHIFTS["rotation"].description and "x0.35" in SHIFTS["contrast"].description
+    from kstar_utils.zoo import shifts
+
+    assert "sigma = 0.2" in SHIFTS["noise"].description and "3x3" in SHIFTS["blur"].description
+    assert "12 degrees" in SHIFTS["rotation"].description and "x0.65" in SHIFTS["contrast"].description
+    assert SHIFTS["contrast"].parameters == {"factor": shifts.CONTRAST_FACTOR}
     x = torch.zeros(1, 1, 5, 5)
     x[0, 0, 2, 2] = 1.0
     blurred = apply_shift(x, "blur")
-    assert blurred[0, 0, 2, 2].item() == pytest.approx(0.25) and blurred[0, 0, 1, 1].item() == pytest.approx(1 / 16)
+    assert blurred[0, 0, 2, 2].item() == pytest.approx(0.49) and blurred[0, 0, 1, 1].item() == pytest.approx(0.0225)
     assert blurred.sum().item() == pytest.approx(1.0)
     flat = torch.full((1, 1, 4, 4), 0.5)
     flat[0, 0, 0, 0] = 1.0
     mean = flat.mean()
-    assert apply_shift(flat, "contrast")[0, 0, 0, 0].item() == pytest.approx(mean + 0.35 * (1.0 - mean))
+    assert apply_shift(flat, "contrast")[0, 0, 0, 0].item() == pytest.approx(mean + 0.65 * (1.0 - mean))
+    square = torch.zeros(1, 1, 9, 9)
+    square[0, 0, 3:6, 0:8] = 1.0  # a horizontal bar turns by ROTATION_DEGREES
+    turned = apply_shift(square, "rotation")
+    assert turned.sum().item() == pytest.approx(square.sum().item(), rel=0.25) and not torch.equal(turned, square)
     noisy = apply_shift(torch.full((1, 1, 64, 64), 0.5), "noise", seed=3)
     assert (noisy - 0.5).std().item() == pytest.approx(0.2, rel=0.1)
 
@@ -170,3 +177,26 @@ def test_a_custom_autoattack_runs_the_standard_settings_in_the_standard_order():
         autoattack_accuracy(model, xt[:5], yt[:5], "Linf", 0.1, version="custom", attacks=["pgd"])
     with pytest.raises(KStarInputError, match="unknown norm"):
         autoattack_accuracy(model, xt[:5], yt[:5], "L1", 0.1)
+
+
+@pytest.mark.slow
+def test_a_resume_file_of_another_spec_is_not_resumed_from(tmp_path, digits_train):
+    x, y = digits_train
+    spec = ZooModelSpec(name="r", width=4, latent=8, epochs=3, train_limit=200, seed=1)
+    other = ZooModelSpec(name="r", width=4, latent=8, epochs=3, train_limit=200, seed=1, batch_size=32)
+    folder = tmp_path / "f"
+    with pytest.raises(KeyboardInterrupt):
+        train_model(other, x, y, folder, progress=False, stop_after_epoch=0)
+    with pytest.warns(CacheCorruptionWarning, match="written for spec"):
+        resumed = train_model(spec, x, y, folder, progress=False)
+    straight = train_model(spec, x, y, tmp_path / "u", progress=False)
+    assert torch.equal(resumed.classifier.weight, straight.classifier.weight)
+
+
+def test_data_fraction_models_take_as_many_optimizer_steps_as_the_full_model(tmp_path, digits_train):
+    x, y = digits_train
+    assert ZooModelSpec(name="a", epochs=30).passes() == 30
+    assert ZooModelSpec(name="a", epochs=30, train_fraction=0.25).passes() == 120
+    spec = ZooModelSpec(name="q", width=2, latent=4, epochs=2, train_limit=64, train_fraction=0.5, batch_size=32)
+    with pytest.raises(KeyboardInterrupt):  # a third pass exists: 2 epochs of the pool = 4 passes over half of it
+        train_model(spec, x, y, tmp_path / "q", progress=False, stop_after_epoch=2)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as _dt
 import math
 import shutil
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -142,7 +143,7 @@ def _published_robust(model) -> dict:
         hit = hit[hit["dataset"] == model.options.get("dataset", "cifar10")]
     clean = float(hit["clean_accuracy"].iloc[0]) / 100 if len(hit) else math.nan
     robust = float(hit["autoattack_accuracy"].iloc[0]) / 100 if len(hit) else math.nan
-    eps = float(hit["eps"].iloc[0]) if len(hit) and "eps" in hit.columns else math.nan
+    eps = float(Fraction(str(hit["eps"].iloc[0]))) if len(hit) and "eps" in hit.columns else math.nan  # "8/255"
     return {"clean": own_clean if own_clean is not None else clean,
             "robust": own_robust if own_robust is not None else robust, "eps": eps}
 

@@ -15,9 +15,10 @@ import dataclasses
 import os
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Union
+from typing import Any, Union
 
 import yaml
 
@@ -171,10 +172,10 @@ class Profile:
         data.pop("origin")
         return stable_hash(data)[:16]
 
-    def replace(self, **changes: Any) -> "Profile":
+    def replace(self, **changes: Any) -> Profile:
         return dataclasses.replace(self, **changes)
 
-    def with_compute(self, **changes: Any) -> "Profile":
+    def with_compute(self, **changes: Any) -> Profile:
         """The same profile with some compute options changed (e.g. from the command line); None keeps a value."""
         changes = {k: v for k, v in changes.items() if v is not None}
         return dataclasses.replace(self, compute=dataclasses.replace(self.compute, **changes)) if changes else self
@@ -324,13 +325,19 @@ def _raw(path: Path, seen: tuple[Path, ...] = ()) -> dict:
         return data
     if not isinstance(parent, str):
         raise ProfileError(f"profile {path}: extends is {parent!r}; expected a profile name or a YAML path.")
-    base = _raw(_resolve(parent if Path(parent).is_absolute() or parent in profile_names()
-                         else path.parent / parent), seen + (path.resolve(),))
+    beside = path.parent / parent  # a relative YAML path is read beside the profile that names it
+    ref = beside if not Path(parent).is_absolute() and (beside.exists() or beside.suffix in (".yaml", ".yml")) \
+        else parent
+    try:
+        resolved = _resolve(ref)
+    except ProfileError as err:
+        raise ProfileError(f"profile {path}: extends: {err}") from None
+    base = _raw(resolved, seen + (path.resolve(),))
     base.pop("name", None)
     return _merge(base, data)
 
 
-def load_profile(profile: "str | os.PathLike | Profile | Mapping[str, Any]") -> Profile:
+def load_profile(profile: str | os.PathLike | Profile | Mapping[str, Any]) -> Profile:
     """A typed :class:`Profile` from a built-in name (``profile_names()``), a YAML path, a mapping, or a Profile."""
     if isinstance(profile, Profile):
         return profile

@@ -28,7 +28,7 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def task_record(task: "Task") -> dict:
+def task_record(task: Task) -> dict:
     """What identifies a task in its result file (for readers; the key is what the store trusts)."""
     import dataclasses
 
@@ -54,7 +54,7 @@ class ResultStore:
     def has(self, key: str) -> bool:
         return self.path(key).is_file()
 
-    def write(self, task: "Task", result: dict, seconds: float, host: str = "") -> Path:
+    def write(self, task: Task, result: dict, seconds: float, host: str = "") -> Path:
         """Store ``task``'s result (atomically) and clear its failure record."""
         from .tasks import engine_versions
 
@@ -65,7 +65,7 @@ class ResultStore:
         self.failure_path(task.key).unlink(missing_ok=True)
         return path
 
-    def write_failure(self, task: "Task", error: str, trace: str) -> Path:
+    def write_failure(self, task: Task, error: str, trace: str) -> Path:
         record = {**task_record(task), "status": "failed", "error": error, "traceback": trace, "created": _now()}
         path = self.failure_path(task.key)
         atomic_write_text(path, to_json(record) + "\n")

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
+from distributed.diagnostics.plugin import WorkerPlugin
 from tqdm import tqdm
 
 from ..errors import KStarInputError
@@ -25,7 +27,7 @@ from .tasks import Task, run_task
 IN_PROCESS = ("inprocess", "in-process", "none", "sync")
 
 
-class TorchThreads:
+class TorchThreads(WorkerPlugin):
     """Dask worker plugin: each worker's torch uses its share of the cores, and its own GPU when there are GPUs.
 
     A worker named ``i`` (LocalCluster names them 0, 1, ...) takes GPU ``i % n_gpus``; torch's threads are set to

@@ -230,9 +230,9 @@ def _run_evaluate(task: Task, store: ResultStore) -> dict:
         kwargs = {"version": version} if version in ("standard", "plus", "rand") else \
             {"version": "custom", "attacks": version.split("+")}
         found = autoattack_accuracy(net, x[idx], y[idx], norm, eps, seed=ev["seed"], **kwargs)
-        robust[norm] = {"accuracy": found["robust_accuracy"], "n": int(len(idx)), "eps": eps, "version": version,
+        robust[norm] = {"accuracy": found["robust_accuracy"], "n": len(idx), "eps": eps, "version": version,
                         "flags": found.get("autoattack_flags", [])}
-    return {"clean_accuracy": clean, "clean_n": int(len(y)), "robust": robust}
+    return {"clean_accuracy": clean, "clean_n": len(y), "robust": robust}
 
 
 def _dataset(data: DataEntry):
@@ -260,10 +260,10 @@ def _run_kstar(task: Task, store: ResultStore) -> dict:
     model = load_source(task.model.source, task.model.name, progress=False, **options)
     feats = extract_features(model, images, per_class=data.per_class, seed=data.seed, batch_size=compute.batch_size,
                              device=compute.device, num_workers=compute.workers, progress=False,
-                             **_precision(compute.precision))
+                             precision=compute.precision)
     res = compute_kstar(feats.features, feats.label_names(), metric=task.model.metric, progress=False,
                         bootstrap=compute.bootstrap, bootstrap_seed=compute.seed)
-    record: dict[str, Any] = {"kstar": res.to_dict(), "n_samples": int(len(feats.labels)),
+    record: dict[str, Any] = {"kstar": res.to_dict(), "n_samples": len(feats.labels),
                               "n_features": int(feats.features.shape[1]),
                               "indices": feats.meta.get("indices"), "classes": list(feats.classes),
                               "feature_cache": feats.meta.get("cache"), "extraction_seconds": feats.meta.get("seconds")}
@@ -305,18 +305,7 @@ def _zoo_accuracy(net, images) -> dict:
                      for i in range(len(images))])
     x = x.unsqueeze(1) if x.dim() == 3 else x.permute(0, 3, 1, 2)
     y = torch.from_numpy(np.asarray(images.labels, dtype=np.int64))
-    return {"accuracy": accuracy(net, x, y), "accuracy_n": int(len(y))}
-
-
-def _precision(precision: str) -> dict:
-    """extract_features' precision argument (fp32 by default)."""
-    import inspect
-
-    from ..extract import extract_features
-
-    if "precision" in inspect.signature(extract_features).parameters:
-        return {"precision": precision}
-    return {"amp": precision != "fp32"}
+    return {"accuracy": accuracy(net, x, y), "accuracy_n": len(y)}
 
 
 _RUNNERS = {"train": _run_train, "evaluate": _run_evaluate, "kstar": _run_kstar}

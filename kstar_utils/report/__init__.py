@@ -16,8 +16,16 @@ from .execute import NOTEBOOKS, PER_MODEL_NOTEBOOK, execute_notebook, notebooks_
 from .notebook import Results, open_results
 from .publish import ReportFolder
 
-__all__ = ["NOTEBOOKS", "PER_MODEL_NOTEBOOK", "Results", "ReportFolder", "build_report", "notebooks_dir",
-           "open_results", "render_notebook_page"]
+__all__ = [
+    "NOTEBOOKS",
+    "PER_MODEL_NOTEBOOK",
+    "ReportFolder",
+    "Results",
+    "build_report",
+    "notebooks_dir",
+    "open_results",
+    "render_notebook_page",
+]
 
 
 def render_notebook_page(name: str, title: str, stage: str, profile_ref: str) -> tuple[str, str]:
@@ -39,7 +47,7 @@ def render_notebook_page(name: str, title: str, stage: str, profile_ref: str) ->
 
 def build_report(profile: Any = "default", out: str | os.PathLike = "reports",
                  results_dir: str | os.PathLike | None = None, scheduler: str | None = "local",
-                 workers: int | None = None, force: bool = False, per_model: bool = True, progress: bool = True,
+                 n_workers: int | None = None, force: bool = False, per_model: bool = True, progress: bool = True,
                  **compute: Any) -> Path:
     """Compute ``profile`` (cached), render every page, publish ``out``; returns ``out/index.html``.
 
@@ -59,7 +67,7 @@ def build_report(profile: Any = "default", out: str | os.PathLike = "reports",
     store = store_for(prof, results_dir)
     # the notebooks re-open the profile by reference: a user's YAML by its absolute path, a built-in one by name
     profile_ref = prof.origin if prof.origin not in ("built-in", "a mapping") else prof.name
-    with open_client(scheduler, workers) as client:
+    with open_client(scheduler, n_workers) as client:
         run_grid(build_grid(prof), store, client, progress)
         with folder.staging() as stage:
             results = aggregate(prof, store, stage / "results")

@@ -106,7 +106,7 @@ def autoattack_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm
     robust = accuracy(model, x_adv, y)  # re-checked on the returned examples, not taken from the attack's log
     flags = checks.messages + [str(w.message) for w in caught if "autoattack" in (w.filename or "").lower()]
     return {"robust_accuracy": robust, "norm": norm, "eps": eps, "version": version,
-            "attacks": list(adversary.attacks_to_run), "n": int(len(x)), "autoattack_flags": flags,
+            "attacks": list(adversary.attacks_to_run), "n": len(x), "autoattack_flags": flags,
             "settings": _settings(adversary)}
 
 

@@ -2,14 +2,21 @@
 
 Each shift is a fixed, stated transformation of images in [0, 1] (N, C, H, W), so a report can say exactly what the
 models were evaluated on. The parameters are module constants; :data:`SHIFTS` describes each one in words for the
-report, and :func:`apply_shift` applies it. The numerics are those of the study since its first version.
+report, and :func:`apply_shift` applies it.
+
+The strengths were set (deliberately, once, and not toward any k* result) so that the small CNNs of the built-in zoo
+are hurt but not reduced to chance: with the first version's values (3x3 binomial blur, rotation by 20 degrees,
+contrast x0.35) the median accuracy of the digits zoo's standard models was 0.12 under the contrast shift and about 0.3
+under the blur, which leaves nothing to correlate. Measured on the twelve digits models of the default design (widths
+2 to 16, three seeds, clean accuracy 0.72 to 0.97), the values below give accuracies of about 0.3 to 0.96 per shift.
+The noise is unchanged.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -17,9 +24,9 @@ import torch.nn.functional as F
 from ..errors import KStarInputError
 
 NOISE_SIGMA = 0.2  # standard deviation of the additive Gaussian noise, in units of the [0, 1] pixel range
-BLUR_KERNEL_1D = (0.25, 0.5, 0.25)  # the 3x3 binomial kernel is its outer product with itself
-ROTATION_DEGREES = 20.0  # counter-clockwise in image coordinates, about the image centre, zeros filled in
-CONTRAST_FACTOR = 0.35  # deviations from each image's mean pixel value are multiplied by this
+BLUR_KERNEL_1D = (0.15, 0.7, 0.15)  # the 3x3 kernel is its outer product with itself (first version: 1-2-1 / 4)
+ROTATION_DEGREES = 12.0  # counter-clockwise in image coordinates, about the image centre, zeros filled in (was 20)
+CONTRAST_FACTOR = 0.65  # deviations from each image's mean pixel value are multiplied by this (was 0.35)
 
 
 def _noise(x: torch.Tensor, seed: int) -> torch.Tensor:
@@ -60,8 +67,9 @@ class ShiftSpec:
 SHIFTS: dict[str, ShiftSpec] = {
     "noise": ShiftSpec("noise", f"additive Gaussian noise, sigma = {NOISE_SIGMA:g} (pixels in [0, 1]), clipped to "
                        "[0, 1]; seeded", {"sigma": NOISE_SIGMA}, True, _noise),
-    "blur": ShiftSpec("blur", "3x3 binomial blur (kernel [1, 2, 1] x [1, 2, 1] / 16), edges replicated",
-                      {"kernel_1d": list(BLUR_KERNEL_1D)}, False, _blur),
+    "blur": ShiftSpec("blur", f"3x3 blur, kernel {list(BLUR_KERNEL_1D)} x {list(BLUR_KERNEL_1D)} (centre weight "
+                      f"{BLUR_KERNEL_1D[1] ** 2:.2f}), edges replicated", {"kernel_1d": list(BLUR_KERNEL_1D)}, False,
+                      _blur),
     "rotation": ShiftSpec("rotation", f"rotation by {ROTATION_DEGREES:g} degrees about the centre (bilinear), "
                           "corners filled with black", {"degrees": ROTATION_DEGREES}, False, _rotation),
     "contrast": ShiftSpec("contrast", f"contrast x{CONTRAST_FACTOR:g} about each image's mean, clipped to [0, 1]",

@@ -42,7 +42,7 @@ def load(model: str, layer: str | None = "penultimate", zoo_dir: str | Path | No
         spec = find_spec(model, study)
     elif isinstance(spec, dict):
         spec = ZooModelSpec(**spec)
-    net, folder, meta = ensure_trained(spec, zoo_dir, data_root, progress)
+    net, folder, _ = ensure_trained(spec, zoo_dir, data_root, progress)
     transform = transforms.ToTensor()
     return FeatureModel(source="builtin", name=model, module=net, transform=transform, layer=layer,
                         identity={"weights_sha256": file_sha256(folder / "model.safetensors"), "spec_key": spec.key(),

@@ -32,8 +32,9 @@ from ..plumbing import atomic_write_text, default_zoo_dir, sha256_file  # noqa: 
 from .attacks import pgd
 from .models import SmallCNN, build_model
 
-TRAINING_CODE_VERSION = 3  # 2: fourth convolution for inputs >= 16 pixels; 3: checksummed entries (meta.json
-# records the weights' SHA-256; version-2 entries, which have none, are simply not looked up rather than reported corrupt)
+TRAINING_CODE_VERSION = 4  # 2: fourth convolution for inputs >= 16 pixels; 3: checksummed entries (meta.json
+# records the weights' SHA-256; version-2 entries, which have none, are simply not looked up rather than reported
+# corrupt); 4: data-fraction models train for epochs / train_fraction passes (ZooModelSpec.passes)
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,13 @@ class ZooModelSpec:
     weight_decay: float = 5e-4
     pgd_steps: int = 5
     seed: int = 0
+
+    def passes(self) -> int:
+        """Passes over the model's own training subset. ``epochs`` counts passes over the whole pool (the training
+        split, capped at ``train_limit``); a model trained on a fraction f of it makes epochs / f passes, so every
+        model of a profile takes about the same number of optimizer steps and differs only in how many distinct
+        images it saw (without this, a 25% model would get a quarter of the steps and stay near chance)."""
+        return max(1, round(self.epochs / self.train_fraction))
 
     def key(self) -> str:
         """Hash of every field but the name; optional fields left at None are omitted, so adding one keeps the
@@ -82,11 +90,12 @@ def train_subset(n: int, fraction: float, seed: int, limit: int | None = None) -
 ZOO_FILES = ("model.safetensors", "meta.json", "resume.pt", "resume.sha256", ".model.safetensors.tmp", "resume.pt.tmp")
 
 
-def _save_resume(path: Path, model: SmallCNN, optimizer, scheduler, epoch: int, generator: torch.Generator) -> None:
+def _save_resume(path: Path, model: SmallCNN, optimizer, scheduler, epoch: int, generator: torch.Generator,
+                 key: str) -> None:
     """resume.pt through a temporary file; its SHA-256 is written to resume.sha256 first, so a crash between the two
     leaves a mismatch (detected: training restarts) rather than an unchecked file."""
     state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-             "epoch": epoch, "generator": generator.get_state()}
+             "epoch": epoch, "generator": generator.get_state(), "key": key}
     tmp = path.with_name(path.name + ".tmp")
     torch.save(state, tmp)
     atomic_write_text(path.with_name("resume.sha256"), sha256_file(tmp) + "\n")
@@ -104,8 +113,9 @@ def _corrupt(folder: Path, what: str, names: tuple[str, ...] = ZOO_FILES) -> Non
     _remove_zoo_files(folder, names)
 
 
-def _load_resume(folder: Path) -> dict | None:
-    """The verified state of ``folder/resume.pt``, or None (absent, or corrupt: warned about and removed)."""
+def _load_resume(folder: Path, key: str) -> dict | None:
+    """The verified state of ``folder/resume.pt`` for the spec with ``key``, or None (absent, or corrupt or another
+    spec's: warned about and removed)."""
     resume = folder / "resume.pt"
     if not resume.exists():
         return None
@@ -120,8 +130,11 @@ def _load_resume(folder: Path) -> dict | None:
         state = torch.load(resume, map_location="cpu", weights_only=True)
         if not isinstance(state, dict) or not {"model", "optimizer", "scheduler", "epoch", "generator"} <= set(state):
             raise ValueError("missing entries")
+        if state.get("key") != key:
+            raise ValueError(f"written for spec {state.get('key')}, not {key}")
     except Exception as err:  # noqa: BLE001 - any unreadable resume file means: start afresh
-        _corrupt(folder, f"resume.pt does not load: {type(err).__name__}", ("resume.pt", "resume.sha256"))
+        _corrupt(folder, f"resume.pt does not load: {type(err).__name__}: {err}".splitlines()[0],
+                 ("resume.pt", "resume.sha256"))
         return None
     return state
 
@@ -135,20 +148,21 @@ def train_model(spec: ZooModelSpec, x_train: torch.Tensor, y_train: torch.Tensor
     subset = torch.from_numpy(train_subset(len(x_train), spec.train_fraction, spec.seed, spec.train_limit))
     x, y = x_train[subset], y_train[subset]
     steps_per_epoch = (len(x) + spec.batch_size - 1) // spec.batch_size
+    epochs = spec.passes()
 
     def fresh():
         torch.manual_seed(spec.seed)
         net = build_model(spec.width, spec.latent, in_channels=x.shape[1], image_size=x.shape[-1])
         opt = torch.optim.SGD(net.parameters(), lr=spec.lr, momentum=0.9, nesterov=True,
                               weight_decay=spec.weight_decay)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=spec.lr, epochs=spec.epochs,
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=spec.lr, epochs=epochs,
                                                     steps_per_epoch=steps_per_epoch)
         return net, opt, sched, torch.Generator().manual_seed(spec.seed)
 
     model, optimizer, scheduler, generator = fresh()
     resume = folder / "resume.pt"
     start_epoch = 0
-    state = _load_resume(folder)
+    state = _load_resume(folder, spec.key())
     if state is not None:
         try:
             model.load_state_dict(state["model"])
@@ -162,7 +176,7 @@ def train_model(spec: ZooModelSpec, x_train: torch.Tensor, y_train: torch.Tensor
             model, optimizer, scheduler, generator = fresh()
             start_epoch = 0
     folder.mkdir(parents=True, exist_ok=True)
-    bar = tqdm(range(start_epoch, spec.epochs), desc=f"train {spec.name}", unit="epoch", disable=not progress,
+    bar = tqdm(range(start_epoch, epochs), desc=f"train {spec.name}", unit="epoch", disable=not progress,
                leave=False)
     for epoch in bar:
         model.train()
@@ -179,7 +193,7 @@ def train_model(spec: ZooModelSpec, x_train: torch.Tensor, y_train: torch.Tensor
             loss.backward()
             optimizer.step()
             scheduler.step()
-        _save_resume(resume, model, optimizer, scheduler, epoch, generator)
+        _save_resume(resume, model, optimizer, scheduler, epoch, generator, spec.key())
         if stop_after_epoch is not None and epoch >= stop_after_epoch:
             raise KeyboardInterrupt(f"stopped after epoch {epoch} (stop_after_epoch)")
     model.eval()
@@ -216,7 +230,7 @@ def load_trained(folder: Path) -> tuple[SmallCNN, dict] | None:
     try:
         meta = json.loads(meta_path.read_text())
         if not isinstance(meta, dict) or not isinstance(meta.get("spec"), dict):
-            raise ValueError("no spec")
+            raise TypeError("no spec")
         if not set(meta["spec"]) <= _SPEC_FIELDS:
             raise ValueError("unknown spec fields")
         spec = ZooModelSpec(**meta["spec"])
@@ -224,7 +238,7 @@ def load_trained(folder: Path) -> tuple[SmallCNN, dict] | None:
             raise ValueError("key does not match spec")
         recorded = meta.get("weights_sha256")
         if not isinstance(recorded, str):
-            raise ValueError("no weights_sha256")
+            raise TypeError("no weights_sha256")
     except (OSError, UnicodeDecodeError, ValueError, TypeError) as err:  # JSONDecodeError is a ValueError
         _corrupt(folder, f"meta.json is unreadable or malformed: {err}".splitlines()[0])
         return None
