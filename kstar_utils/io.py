@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import io as _io
 import json
+import math
 import os
 import re
 from pathlib import Path
@@ -139,7 +140,7 @@ def _check_no_missing(labels: np.ndarray, p: Path) -> None:
     if labels.dtype.kind == "f":
         missing = np.flatnonzero(np.isnan(labels))
     elif labels.dtype.kind in "USO":
-        missing = np.flatnonzero([v is None or (isinstance(v, float) and v != v) or str(v).strip() == ""
+        missing = np.flatnonzero([v is None or (isinstance(v, float) and math.isnan(v)) or str(v).strip() == ""
                                   for v in labels.ravel()])
     else:
         return

@@ -1,12 +1,16 @@
 """SPEC's k*: one entry point, :func:`compute_kstar`, over an exact engine and an ANN-plus-verification path.
 
-Exact (``method="exact"``): the blocked float32 kernel with float64 re-checks in :mod:`kstar_utils.neighbours`; equal
-to the float64 definition for every sample, ties included.
+Exact (``method="exact"``): the symmetric blocked float32 kernel with float64 re-checks in
+:mod:`kstar_utils.neighbours` (each pair of samples computed once); equal to the float64 definition for every
+sample, ties included.
 
 Approximate (``method="ann"``): a seeded pynndescent graph proposes each sample's nearest foreign neighbour. Then
-* the candidates' distances are computed exactly (float64 direct form) and the nearest one gives r_p;
-* the same-class points nearer than r_p are counted exactly (the kernel, restricted to the class's own columns);
-* samples whose graph neighbours hold no foreign point go through the exact search;
+* the candidates' distances are computed exactly (float64 direct form), every graph edge in both directions, and the
+  nearest one gives r_p;
+* a candidate farther than the sample's own k-th graph neighbour is not trusted (a nearer foreign sample could lie in
+  between, unseen by the graph): such samples, and those without any foreign candidate, get the exact search;
+* the same-class points nearer than r_p are counted exactly, by the exact kernel's same-class pass with these r_p
+  (each same-class pair once, float64 re-checks in the float32 band);
 * a random sample of points (``audit_size``) is computed both ways first and compared: ``result.audit``. Under
   ``method="auto"`` an audit with fewer than ``ANN_MIN_IDENTICAL`` (99%) identical k* discards the ANN path and the
   exact one runs instead (recorded as ``params["ann_fallback"]``); under ``method="ann"`` it raises a warning.
@@ -29,7 +33,7 @@ import pandas as pd
 import torch
 
 from . import metrics
-from .errors import ANNAccuracyWarning, KStarInputError
+from .errors import ANNAccuracyWarning, KStarInputError  # noqa: F401  (re-exported for callers)
 from .neighbours import (
     ann_neighbour_graph,
     exact_counts,

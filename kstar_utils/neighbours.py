@@ -48,9 +48,10 @@ from .errors import KStarInputError
 UNIT_ROUNDOFF_FP32 = 2.0**-24
 DEFAULT_BLOCK_BYTES = 8 * 2**20  # used by default_block_size (the row-wise paths' rows per block)
 MIN_BLOCK_ROWS = 128  # fewer rows make the matrix product inefficient
-PAIR_CHUNK_ELEMENTS = 2**24  # float64 elements gathered at once when re-checking pairs
+PAIR_CHUNK_ELEMENTS = 2**20  # float64 elements gathered at once when re-checking pairs
 DEFAULT_TILE_ROWS = 2048  # rows of one tile of the symmetric kernel
-TILE_BYTES = 32 * 2**20  # one float32 tile of the symmetric kernel: rows x columns x 4 bytes
+TILE_BYTES = 16 * 2**20  # one float32 tile of the symmetric kernel: rows x columns x 4 bytes
+SAME_CLASS_ROWS = 512  # rows per block of the same-class pass: its diagonal squares are computed in both orders
 INNER_PAD = 8  # the inner dimension (D + 2) is padded with zeros to a multiple of this (aligned matrix products)
 
 
@@ -272,6 +273,7 @@ def _same_class_pass(
     n = data.n
     n_low = torch.zeros(n, dtype=torch.int64, device=data.device)
     band_p, band_j, kept = [], [], 0
+    block_rows = min(block_rows, SAME_CLASS_ROWS)  # small diagonal squares: the triangle is mostly computed once
     tile = _tile_columns(block_rows)
 
     def collect(band: torch.Tensor, row_base: int, col_base: int, transpose: bool) -> None:

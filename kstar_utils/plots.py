@@ -481,6 +481,8 @@ def embedding_scatter(features: np.ndarray, labels: Sequence, method: str = "tsn
 
 # ------------------------------------------------------------------------------------------------- Figures 3 and 4
 def _regions(ax: plt.Axes, threshold: float, lo: float, hi: float) -> None:
+    lo = lo if np.isfinite(lo) else -1.0  # an infinite Gamma' (or interval end) is not drawn, so it sets no limit
+    hi = hi if np.isfinite(hi) else 1.0
     top = max(hi, threshold) + 0.3
     bottom = min(lo, -threshold) - 0.3
     ax.axhspan(threshold, top + 10, color=REGION_FILL["Fractured"], alpha=0.12, lw=0)

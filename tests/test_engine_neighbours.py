@@ -131,3 +131,16 @@ def test_given_radius_for_all_rows_uses_the_same_class_pass():
         counts, stats = exact_counts(data, radius=radius, block_size=block)
         np.testing.assert_array_equal(1 + counts, brute_force_kstar(xs, ys))
     assert stats.rechecked_pairs > 0  # integer distances: pairs exactly at r_p, decided in float64
+
+
+def test_exact_foreign_radius_is_the_float64_nearest_foreign_distance():
+    from kstar_utils.neighbours import exact_foreign_radius
+
+    rng = np.random.default_rng(16)
+    x = rng.integers(0, 5, size=(200, 3)).astype(np.float64) + 1e5
+    y = rng.integers(0, 3, 200)
+    data = sort_by_class(x, y, torch.device("cpu"))
+    xs, ys = x[data.order], y[data.order]
+    rows = np.array([0, 17, 199, 64])
+    expected = [np.sqrt(((xs[ys != ys[r]] - xs[r]) ** 2).sum(1)).min() for r in rows]
+    np.testing.assert_array_equal(exact_foreign_radius(data, rows), expected)

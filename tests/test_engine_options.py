@@ -93,3 +93,12 @@ def test_cosine_zero_rows_are_still_named():
     x[4] = 0.0
     with pytest.raises(KStarInputError, match="rows 4 are zero vectors"):
         compute_kstar(x, [0, 1] * 3, metric="cosine")
+
+
+def test_unit_rows_is_scale_safe_and_exact_in_direction():
+    from kstar_utils.validation import unit_rows
+
+    x = np.array([[3.0, 4.0], [1e-310, 0.0], [1e300, 1e300]])
+    out = unit_rows(x)
+    np.testing.assert_allclose(out, [[0.6, 0.8], [1.0, 0.0], [2**-0.5, 2**-0.5]], rtol=1e-15)
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, rtol=1e-15)

@@ -61,8 +61,8 @@ def test_grid_has_one_kstar_task_per_model_and_data_set():
     tasks = build_grid(profile)
     kinds = pd.Series([t.kind for t in tasks]).value_counts().to_dict()
     models = {t.model.id for t in tasks}
-    assert models == {"standard-s0", "pgd-linf-0.1-s0", "width8-s0"}
-    assert kinds == {"train": 3, "evaluate": 2, "kstar": 3 + 2 * 2}  # clean for all; noise and blur for 2
+    assert models == {"standard-s0", "pgd-linf-0.1-s0", "pgd-l2-0.5-s0", "width8-s0"}
+    assert kinds == {"train": 4, "evaluate": 3, "kstar": 4 + 2 * 2}  # clean for all; noise and blur for 2
     keys = {t.key for t in tasks}
     assert all(set(t.needs) <= keys for t in tasks) and len(keys) == len(tasks)
     assert [t.key for t in build_grid(profile)] == [t.key for t in tasks]  # keys are stable
@@ -196,4 +196,4 @@ def test_a_failing_task_is_recorded_and_the_others_complete(shared, tmp_path):
     out = aggregate(profile, tmp_path / "store", tmp_path / "agg")
     summary = json.loads((out / "summary.json").read_text())
     assert summary["counts"]["failed"] == 1 and summary["failed"][0]["model"] == "Standard/Linf"
-    assert len(pd.read_csv(out / "robustness.csv")) == 2  # the zoo's two robustness points survive
+    assert len(pd.read_csv(out / "robustness.csv")) == 4  # the zoo's four robustness points survive

@@ -128,11 +128,19 @@ def caveats(profile: Profile, robustness: pd.DataFrame, generalisation: pd.DataF
     frames = [f for f in (robustness, generalisation) if not f.empty]
     if profile.zoo is not None:
         z = profile.zoo
-        out.append(f"Seeds: every configuration is trained with {len(z.seeds)} seed(s) ({', '.join(map(str, z.seeds))}); "
-                   "figures show the spread over seeds, and the intervals resample whole configurations.")
-        out.append(f"Attack sample size: robust accuracy is AutoAttack ({z.attack_version}) on {z.attack_samples} test "
-                   f"images per model, good to about +-{100 * 1.96 * math.sqrt(0.25 / z.attack_samples):.0f} points "
-                   "(95%, worst case); the Wilson intervals are drawn as error bars.")
+        if len(z.seeds) > 1:
+            out.append(f"Seeds: every configuration is trained with {len(z.seeds)} seeds ({', '.join(map(str, z.seeds))}); "
+                       "seeds of one configuration are not independent evidence, so the figures show the spread over "
+                       "seeds and the intervals resample whole configurations.")
+        else:
+            out.append("Seeds: every configuration is trained with a single seed, so the spread over training seeds is "
+                       "not measured; a different seed can move Gamma' by more than its bootstrap interval.")
+        attack = ("AutoAttack's standard version" if z.attack_version == "standard" else
+                  f"AutoAttack's {z.attack_version.replace('+', ' and ')} (at the standard version's settings; the "
+                  "full standard version can only give equal or lower robust accuracy)")
+        out.append(f"Attack sample size: robust accuracy is {attack} on {z.attack_samples} test images per model, good "
+                   f"to about +-{100 * 1.96 * math.sqrt(0.25 / z.attack_samples):.0f} points (95%, worst case); the "
+                   "Wilson intervals are drawn as error bars.")
     if frames:
         n = pd.concat(frames)["n_samples"]
         classes = 10

@@ -52,15 +52,15 @@ class TorchThreads(WorkerPlugin):
 
 
 def local_cluster_size(n_workers: int | None = None) -> dict:
-    """LocalCluster arguments for this machine: one worker per GPU with a ``GPU`` resource, else one worker per two
-    cores (at least one), each worker's torch on its share of the cores."""
+    """LocalCluster arguments for this machine: one worker per GPU with a ``GPU`` resource, else one worker per core
+    (at most 8), each worker's torch on its share of the cores."""
     cores = os.cpu_count() or 1
     gpus = cuda_device_count()
     if gpus:
         workers = n_workers or gpus
         return {"n_workers": workers, "threads_per_worker": 1, "resources": {"GPU": 1},
                 "torch_threads": max(1, cores // workers)}
-    workers = n_workers or max(1, cores // 2)
+    workers = n_workers or min(cores, 8)  # small CPU tasks scale better as processes than as torch threads
     return {"n_workers": workers, "threads_per_worker": 1, "torch_threads": max(1, cores // workers)}
 
 

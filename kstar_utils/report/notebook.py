@@ -116,9 +116,9 @@ def model_links(results: Results) -> dict[str, dict[str, str]]:
     """Table links from model ids and labels to their per-model pages."""
     from .pages import model_page_name
 
-    ids = {m["id"]: model_page_name(m["id"]) for m in results.summary["models"]}
-    labels = {m["label"]: model_page_name(m["id"]) for m in results.summary["models"]}
-    return {"model": ids, "label": labels}
+    pages = {m["id"]: model_page_name(m["id"]) for m in results.summary["models"] if m["results"]}
+    pages.update({m["label"]: model_page_name(m["id"]) for m in results.summary["models"] if m["results"]})
+    return {"model": pages, "label": pages}
 
 
 def framework_example(seed: int = 0):
