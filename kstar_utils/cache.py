@@ -63,6 +63,11 @@ class CacheEntry:
     def load(self) -> tuple[dict[str, np.ndarray], dict] | None:
         """The finished entry (arrays, meta), or None when absent; a corrupt or mismatched entry is discarded."""
         meta_path, arrays_path = self.folder / META, self.folder / ARRAYS
+        if self.folder.exists() and not self.folder.is_dir():
+            warnings.warn(f"feature cache entry {self.folder} is a file, not a cache folder; replacing it.",
+                          CacheCorruptionWarning, stacklevel=2)
+            self.discard()
+            return None
         if not meta_path.exists():
             return None
         try:
@@ -115,4 +120,7 @@ class CacheEntry:
         return arrays
 
     def discard(self) -> None:
-        shutil.rmtree(self.folder, ignore_errors=True)
+        if self.folder.is_dir() and not self.folder.is_symlink():
+            shutil.rmtree(self.folder, ignore_errors=True)
+        else:
+            self.folder.unlink(missing_ok=True)

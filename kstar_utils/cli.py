@@ -16,6 +16,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import KStarError, KStarInputError
+from .plumbing import check_output_folder
 
 EXIT_USER_ERROR = 2
 
@@ -63,6 +64,7 @@ def _run_compute(args: argparse.Namespace) -> int:
 
         check_count("--threads", args.threads, 1)
         torch.set_num_threads(args.threads)
+    check_output_folder(args.out)
     labels_path = args.labels or args.features
     if args.labels is None and not Path(args.features).is_dir():
         raise KStarInputError("LABELS is missing; give a label file, or pass a `kstar extract` folder as FEATURES.")
@@ -134,6 +136,7 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
 def _run_extract(args: argparse.Namespace) -> int:
     from .extract import extract
 
+    check_output_folder(args.out)
     options = {"layer": args.layer, "pretrained": args.pretrained}
     if args.source == "robustbench":
         options.update(threat_model=args.threat_model, model_dir=args.model_dir)

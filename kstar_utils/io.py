@@ -123,10 +123,14 @@ def read_labels(path: str | os.PathLike) -> np.ndarray:
     if p.is_dir():
         return _read_extract_labels(p)
     suffix = p.suffix.lower()
-    if suffix == ".npy":
-        labels = np.load(p, allow_pickle=False)
-    elif suffix == ".npz":
-        labels = _read_npz(p, ("labels", "y"))
+    if suffix in (".npy", ".npz"):
+        try:
+            labels = np.load(p, allow_pickle=False) if suffix == ".npy" else _read_npz(p, ("labels", "y"))
+        except KStarInputError:
+            raise
+        except (ValueError, OSError) as err:
+            raise KStarInputError(f"cannot read labels from {p}: {err}. kstar never loads pickled objects: save the "
+                                  "labels as an int or str array (np.save(path, np.asarray(labels, dtype=str))).") from None
     elif suffix == ".parquet":
         labels = _read_parquet_labels(p)
     else:

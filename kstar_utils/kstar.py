@@ -44,9 +44,10 @@ from .neighbours import (
 )
 from .validation import METHODS, check_choice, check_count, check_fraction, check_inputs, check_number
 
-# N^2 * D above which method="auto" uses ANN. On the 2-core benchmark machine ANN overtakes exact at about this size
-# (see README, Performance); exact stays the default below it because it has no error at all.
-AUTO_EXACT_MAX_WORK = 2.0e12
+# N^2 * D above which method="auto" uses ANN. With the symmetric exact kernel, ANN only caught up with exact at
+# N = 200,000, D = 128 on data of low intrinsic dimension (1.12x, benchmarks/bench_kstar.py part 3a; see README,
+# Performance), i.e. N^2 * D = 5.1e12; exact stays the default below it because it has no error at all.
+AUTO_EXACT_MAX_WORK = 5.0e12
 DEFAULT_N_NEIGHBORS = 30
 DEFAULT_AUDIT_SIZE = 1000
 # Below this fraction of identical k* in the audit, "auto" discards the ANN result and computes exact k*, and "ann"

@@ -141,6 +141,24 @@ def default_robustbench_dir() -> Path:
     return _folder("KSTAR_ROBUSTBENCH_DIR", "robustbench")
 
 
+def check_output_folder(path: str | os.PathLike, option: str = "--out") -> Path:
+    """``path`` can be created or written as a folder: not a file, not below a file, writable. Checked before long
+    work starts, so a bad ``--out`` costs seconds, not a lost result."""
+    from .errors import KStarInputError
+
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise KStarInputError(f"{option} {p} is a file; give a folder (new or existing).")
+    parent = p
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise KStarInputError(f"{option} {p}: {parent} is a file, so no folder can be made below it.")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise KStarInputError(f"{option} {p}: {parent} is not writable; choose a folder you can write.")
+    return p
+
+
 # ----------------------------------------------------------------------------------------------------------- devices
 def pick_device(device: "str | Any | None" = None):
     """The device asked for, else CUDA, then Apple MPS, then CPU. A bad name is a :class:`KStarInputError`."""
