@@ -47,7 +47,10 @@ def _add_compute(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--block-size", type=int, default=None, help="query rows per block (memory ~ block x N x 4 bytes)")
     p.add_argument("--n-neighbors", type=int, default=DEFAULT_N_NEIGHBORS, help="ANN graph neighbours per sample")
     p.add_argument("--audit-size", type=int, default=DEFAULT_AUDIT_SIZE, help="ANN: samples re-checked exactly")
-    p.add_argument("--seed", type=int, default=0, help="ANN graph and audit seed")
+    p.add_argument("--seed", type=int, default=0, help="ANN graph, audit and bootstrap seed")
+    p.add_argument("--bootstrap", type=int, default=0,
+                   help="bootstrap replicates for 95%% intervals of Gamma and Gamma' (samples resampled within each "
+                        "class); 0: none")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all this process may use)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=_run_compute)
@@ -74,7 +77,7 @@ def _run_compute(args: argparse.Namespace) -> int:
     result = compute_kstar(
         features, labels, metric=args.metric, method=args.method, threshold=args.threshold, device=args.device,
         block_size=args.block_size, n_neighbors=args.n_neighbors, audit_size=args.audit_size, seed=args.seed,
-        n_jobs=args.threads, progress=not args.quiet,
+        n_jobs=args.threads, progress=not args.quiet, bootstrap=args.bootstrap, bootstrap_seed=args.seed,
     )
     seconds = time.perf_counter() - start
     inputs = {"features": str(args.features), "labels": str(labels_path), "shape": list(features.shape),

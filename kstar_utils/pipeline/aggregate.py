@@ -99,7 +99,8 @@ def collect_tables(profile: Profile, store: ResultStore, tasks: list[Task] | Non
                 acc = _accuracy_columns("accuracy", result.get("accuracy"), result.get("accuracy_n"))
             else:
                 acc = _accuracy_columns("accuracy", _published_zeroshot(model, data), None)
-            general_rows.append({**base, "data": data.id, "shift": data.shift or "clean", **acc})
+            short = (data.shift or "clean") if model.source == "builtin" else data.dataset  # axis labels
+            general_rows.append({**base, "data": data.id, "set": short, "shift": data.shift or "clean", **acc})
     robustness = pd.DataFrame(robust_rows)
     generalisation = pd.DataFrame(general_rows)
     return {"robustness": robustness, "generalisation": generalisation, "failed": pd.DataFrame(failed),

@@ -133,7 +133,7 @@ def index_figures(results: Results) -> list[dict]:
                                                               "regions")})
     gen = results.table("generalisation")
     if not gen.empty:
-        fig = plots.gamma_regions(gen, "accuracy", hue="data", label=None,
+        fig = plots.gamma_regions(gen, "accuracy", hue="set", label=None,
                                   xlabel=results.summary.get("x_labels", {}).get("generalisation", "accuracy"),
                                   title="Gamma' against generalisation")
         figures.append({"png": png(fig), "alt": alt_text(fig, "Gamma' of each model on each data set against its "
