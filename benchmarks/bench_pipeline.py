@@ -38,13 +38,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default="default")
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--zoo", help="an already trained zoo folder (skips the warm-up run that trains it)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="kstar-bench-pipeline-") as tmp:
         root = Path(tmp)
-        os.environ.setdefault("KSTAR_ZOO", str(root / "zoo"))
+        os.environ["KSTAR_ZOO"] = args.zoo or str(root / "zoo")
         os.environ["KSTAR_OFFLINE"] = "1"
-        warm = _run(args.profile, "inprocess", root, "warm")  # trains the zoo (cached for both timed runs)
-        print(f"warm-up (trains the zoo): {warm:.1f} s")
+        if not args.zoo:
+            warm = _run(args.profile, "inprocess", root, "warm")  # trains the zoo (cached for both timed runs)
+            print(f"warm-up (trains the zoo): {warm:.1f} s")
         times = {"in-process": [], "one-worker LocalCluster": []}
         for r in range(args.repeats):
             times["in-process"].append(_run(args.profile, "inprocess", root, f"a{r}"))
