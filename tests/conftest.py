@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -24,6 +26,20 @@ def require_or_skip(available: bool, what: str) -> None:
         if REQUIRE_SYSTEM_DEPS:
             pytest.fail(f"{what} is missing although KSTAR_REQUIRE_SYSTEM_DEPS=1 (.ci/run installs it)")
         pytest.skip(f"{what} is not installed")
+
+
+@contextmanager
+def isolated_kstar_home(root: Path) -> Iterator[Path]:
+    """Every kstar cache (zoo, features, results, data) under ``root`` and downloads off, for one module's tests."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("KSTAR_HOME", str(root))
+    for variable in ("KSTAR_ZOO", "KSTAR_CACHE", "KSTAR_RESULTS"):
+        mp.delenv(variable, raising=False)
+    mp.setenv("KSTAR_OFFLINE", "1")
+    try:
+        yield root
+    finally:
+        mp.undo()
 
 
 @pytest.fixture

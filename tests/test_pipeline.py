@@ -14,6 +14,8 @@ import time
 import pandas as pd
 import pytest
 
+from conftest import isolated_kstar_home
+
 from kstar_utils.pipeline import load_profile
 from kstar_utils.pipeline.aggregate import aggregate, collect_tables
 from kstar_utils.pipeline.results import ResultStore
@@ -27,13 +29,8 @@ TABLE_COLUMNS = ["model", "gamma", "gamma_prime", "fractured", "overlapped", "cl
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory):
     """One zoo and feature cache for the module (trained once), isolated from the user's caches."""
-    root = tmp_path_factory.mktemp("pipeline")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("KSTAR_ZOO", str(root / "zoo"))
-    mp.setenv("KSTAR_CACHE", str(root / "features"))
-    mp.setenv("KSTAR_OFFLINE", "1")
-    yield root
-    mp.undo()
+    with isolated_kstar_home(tmp_path_factory.mktemp("pipeline")) as root:
+        yield root
 
 
 @pytest.fixture(scope="module")

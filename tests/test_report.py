@@ -14,7 +14,7 @@ from pathlib import Path
 import nbformat
 import numpy as np
 import pytest
-from conftest import require_or_skip
+from conftest import isolated_kstar_home, require_or_skip
 
 from kstar_utils.errors import ReportFolderError
 from kstar_utils.report import NOTEBOOKS, Results, build_report, notebooks_dir
@@ -28,14 +28,8 @@ FOOTER_FIELDS = ("profile", "parameters", "seeds", "data hash", "git commit", "v
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    root = tmp_path_factory.mktemp("report")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("KSTAR_ZOO", str(root / "zoo"))
-    mp.setenv("KSTAR_CACHE", str(root / "cache"))
-    mp.setenv("KSTAR_RESULTS", str(root / "results"))
-    mp.setenv("KSTAR_OFFLINE", "1")
-    yield root
-    mp.undo()
+    with isolated_kstar_home(tmp_path_factory.mktemp("report")) as root:
+        yield root
 
 
 @pytest.fixture(scope="module")

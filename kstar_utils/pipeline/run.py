@@ -74,9 +74,15 @@ def open_client(scheduler: str | None = "local", n_workers: int | None = None) -
     from distributed import Client, LocalCluster
 
     if scheduler == "local":
+        import dask
+
         size = local_cluster_size(n_workers)
         threads = size.pop("torch_threads")
-        with LocalCluster(processes=True, dashboard_address=None, silence_logs=logging.ERROR, **size) as cluster, \
+        # Dask's nanny starts workers with OMP/MKL/OpenBLAS at one thread and an aggressive malloc trim threshold;
+        # both slow torch down. Each worker gets its share of the cores instead, and glibc's default allocator.
+        environ = {name: str(threads) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}), \
+                LocalCluster(processes=True, dashboard_address=None, silence_logs=logging.ERROR, **size) as cluster, \
                 Client(cluster) as client:
             client.register_plugin(TorchThreads(threads))
             yield client
