@@ -72,6 +72,8 @@ def test_local_cluster_with_two_workers_gives_the_in_process_tables(shared, inpr
     assert all(s["status"] == "done" for s in statuses.values())
     with open_client("local", n_workers=2) as client:
         assert len(client.scheduler_info()["workers"]) == 2
+        # the workers run without Dask's statistical profiler (it took 13% of a run of GIL-bound tasks)
+        assert set(client.run(_worker_profiler_enabled).values()) == {False}
         remote = run_grid(build_grid(profile), shared / "store-b", client=client, progress=False)
     assert all(s["status"] == "done" and not s["cached"] for s in remote.values())
     a, b = _tables(profile, shared / "store-a"), _tables(profile, shared / "store-b")
@@ -81,6 +83,12 @@ def test_local_cluster_with_two_workers_gives_the_in_process_tables(shared, inpr
     # a rerun skips every finished task
     again = run_grid(build_grid(profile), shared / "store-a", client=None, progress=False)
     assert all(s["cached"] for s in again.values())
+
+
+def _worker_profiler_enabled() -> bool:
+    import dask
+
+    return bool(dask.config.get("distributed.worker.profile.enabled"))
 
 
 def _free_port() -> int:

@@ -25,6 +25,10 @@ from ..plumbing import cuda_device_count
 from .tasks import Task, run_task
 
 IN_PROCESS = ("inprocess", "in-process", "none", "sync")
+# Dask settings for the workers kstar starts. The worker's statistical profiler samples every thread's stack each
+# 10 ms, taking the GIL from tasks that are mostly Python (training and attacks of small CNNs): measured here, it cost
+# 13% of a run. It only feeds the dashboard's profile tab. Workers you start yourself: see README (SLURM, PBS).
+WORKER_CONFIG = {"distributed.worker.profile.enabled": False}
 
 
 class TorchThreads(WorkerPlugin):
@@ -81,7 +85,7 @@ def open_client(scheduler: str | None = "local", n_workers: int | None = None) -
         # Dask's nanny starts workers with OMP/MKL/OpenBLAS at one thread and an aggressive malloc trim threshold;
         # both slow torch down. Each worker gets its share of the cores instead, and glibc's default allocator.
         environ = {name: str(threads) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
-        with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}), \
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": environ, **WORKER_CONFIG}), \
                 LocalCluster(processes=True, dashboard_address=None, silence_logs=logging.ERROR, **size) as cluster, \
                 Client(cluster) as client:
             client.register_plugin(TorchThreads(threads))
