@@ -29,7 +29,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from .errors import DatasetNotFoundError, KStarInputError
-from .plumbing import default_data_dir
+from .plumbing import atomic_path, default_data_dir
 from .sources.download import download_file
 
 DOWNLOAD_TIMEOUT_S = 15.0
@@ -94,11 +94,11 @@ def unpack_idx_folder(source: Path, root: Path, class_name: str) -> bool:
         target = raw / f
         if target.exists():
             continue
-        tmp = raw / f".{f}.tmp"
         opener = gzip.open if (source / f"{f}.gz").exists() else open
-        with opener(source / (f"{f}.gz" if opener is gzip.open else f), "rb") as src, tmp.open("wb") as dst:
+        # a temporary name of its own: Dask workers preparing the same data set at once must not share one
+        with atomic_path(target) as tmp, opener(source / (f"{f}.gz" if opener is gzip.open else f), "rb") as src, \
+                tmp.open("wb") as dst:
             shutil.copyfileobj(src, dst)
-        os.replace(tmp, target)
     return True
 
 

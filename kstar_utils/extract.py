@@ -24,7 +24,7 @@ from tqdm import tqdm
 from .cache import FeatureCache
 from .datasets import LabelledImages, subsample_per_class
 from .errors import KStarInputError
-from .plumbing import atomic_write_text, pick_device, sha256_array, write_json
+from .plumbing import atomic_path, atomic_write_text, pick_device, sha256_array, write_json
 from .sources.base import FeatureModel, strip_addresses
 
 #: ``amp=True`` (the older switch) means this autocast dtype per device type.
@@ -70,9 +70,8 @@ class ExtractedFeatures:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         for name, array in (("features.npy", self.features), ("labels.npy", self.labels)):
-            tmp = out / f".{name}.tmp.npy"
-            np.save(tmp, array, allow_pickle=False)
-            os.replace(tmp, out / name)
+            with atomic_path(out / name) as tmp, tmp.open("wb") as handle:  # a temporary name per writer
+                np.save(handle, array, allow_pickle=False)
         atomic_write_text(out / "classes.json", json.dumps(list(self.classes)) + "\n")
         write_json(out / "meta.json", self.meta)
         return out

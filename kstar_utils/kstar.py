@@ -21,6 +21,7 @@ often that happens. ``method="auto"`` picks exact while N^2 * D <= ``AUTO_EXACT_
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import platform
@@ -357,15 +358,22 @@ def compute_kstar(
 
 def versions(packages: tuple[str, ...] = ("kstar_utils", "numpy", "scipy", "torch", "pynndescent")) -> dict:
     """Installed versions of the libraries a result depends on (read from metadata: nothing is imported)."""
+    return dict(_installed_versions(tuple(packages)))
+
+
+@functools.lru_cache(maxsize=8)
+def _installed_versions(packages: tuple[str, ...]) -> tuple[tuple[str, str | None], ...]:
+    """Read once per process: each metadata lookup scans sys.path (milliseconds), and results are made by the
+    hundred (the bootstrap, the report's tasks)."""
     from importlib.metadata import PackageNotFoundError, version
 
-    out = {"python": platform.python_version()}
+    out = [("python", platform.python_version())]
     for name in packages:
         try:
-            out[name] = version(name)
+            out.append((name, version(name)))
         except PackageNotFoundError:
-            out[name] = None
-    return out
+            out.append((name, None))
+    return tuple(out)
 
 
 __all__ = ["KStarResult", "compute_kstar", "choose_method", "versions", "ANNAccuracyWarning", "AUTO_EXACT_MAX_WORK"]

@@ -144,3 +144,13 @@ def test_exact_foreign_radius_is_the_float64_nearest_foreign_distance():
     rows = np.array([0, 17, 199, 64])
     expected = [np.sqrt(((xs[ys != ys[r]] - xs[r]) ** 2).sum(1)).min() for r in rows]
     np.testing.assert_array_equal(exact_foreign_radius(data, rows), expected)
+
+
+def test_cuda_tiles_are_larger_than_the_cpu_ones():
+    """On CUDA each tile costs kernel launches and host syncs, so its tiles hold 16 times more (measured on an H200)."""
+    import kstar_utils.neighbours as nb
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert nb._tile_columns(nb.DEFAULT_TILE_ROWS, cpu) * nb.DEFAULT_TILE_ROWS * 4 == nb.TILE_BYTES
+    assert nb._tile_columns(nb.CUDA_TILE_ROWS, cuda) * nb.CUDA_TILE_ROWS * 4 == nb.CUDA_TILE_BYTES
+    assert nb.CUDA_TILE_BYTES == 16 * nb.TILE_BYTES and nb.CUDA_SAME_CLASS_ROWS > nb.SAME_CLASS_ROWS

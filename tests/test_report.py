@@ -168,6 +168,28 @@ def test_report_folder_is_the_tools_own(report, env, tmp_path):
         build_report("smoke", foreign / "thesis.html", scheduler="inprocess", progress=False)
 
 
+def test_a_report_folder_may_hold_another_report_in_a_sub_folder(tmp_path):
+    """reports/fashion beside the default report in reports/: each folder is its own report's, neither is foreign."""
+    from kstar_utils.report.publish import ReportFolder
+
+    def publish(folder: Path, page: str) -> None:
+        with ReportFolder(folder).staging() as stage:
+            (stage / page).write_text(f"<p>{page}</p>\n")
+
+    outer, inner = tmp_path / "reports", tmp_path / "reports" / "fashion"
+    publish(outer, "index.html")
+    inner.mkdir()
+    publish(inner, "index.html")
+    publish(outer, "summary.html")  # the outer report replaced: the nested one is neither foreign nor removed
+    assert not (outer / "index.html").exists() and (outer / "summary.html").exists()
+    assert (inner / "index.html").read_text() == "<p>index.html</p>\n"
+    assert set(ReportFolder(outer).owned()) == {"summary.html"}
+    (inner / "notes.txt").write_text("mine")  # a foreign file inside the nested report is that report's concern
+    ReportFolder(outer).check()
+    with pytest.raises(ReportFolderError, match="notes.txt"):
+        ReportFolder(inner).check()
+
+
 def test_a_failed_report_leaves_the_previous_one_intact(report, env, monkeypatch):
     site = report.parent
     before = {p: p.read_bytes() for p in site.rglob("*") if p.is_file()}

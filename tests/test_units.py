@@ -177,6 +177,45 @@ def test_unpack_idx_folder_copies_gzip_once(tmp_path):
     assert not unpack_idx_folder(tmp_path / "empty", tmp_path / "other", "FashionMNIST")
 
 
+def test_two_workers_unpacking_the_same_idx_files_at_once_both_succeed(tmp_path, monkeypatch):
+    """Two Dask workers preparing Fashion-MNIST at the same moment (this failed a fashion run: they shared one
+    temporary name, so the second rename found its file gone). Each copy is held until both are inside it."""
+    import shutil
+    import threading
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte"):
+        (src / name).write_bytes(name.encode())
+    barrier, copy = threading.Barrier(2, timeout=10), shutil.copyfileobj
+
+    def copy_together(source, target, *args):
+        copy(source, target, *args)
+        barrier.wait()  # both writers have written their temporary file; now both rename
+
+    monkeypatch.setattr(shutil, "copyfileobj", copy_together)
+    errors: list[BaseException] = []
+
+    def unpack() -> None:
+        try:
+            assert unpack_idx_folder(src, tmp_path / "root", "FashionMNIST")
+        except BaseException as err:  # noqa: BLE001  (collected for the main thread)
+            errors.append(err)
+            barrier.abort()
+
+    threads = [threading.Thread(target=unpack) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    raw = tmp_path / "root" / "FashionMNIST" / "raw"
+    assert sorted(p.name for p in raw.iterdir()) == sorted(("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+                                                             "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"))
+    assert (raw / "t10k-images-idx3-ubyte").read_bytes() == b"t10k-images-idx3-ubyte"
+
+
 # ------------------------------------------------------------------------------------------------------------ sources
 def test_robustbench_helpers(tmp_path):
     from PIL import Image

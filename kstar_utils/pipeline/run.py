@@ -25,10 +25,22 @@ from ..plumbing import cuda_device_count
 from .tasks import Task, run_task
 
 IN_PROCESS = ("inprocess", "in-process", "none", "sync")
-# Dask settings for the workers kstar starts. The worker's statistical profiler samples every thread's stack each
-# 10 ms, taking the GIL from tasks that are mostly Python (training and attacks of small CNNs): measured here, it cost
-# 13% of a run. It only feeds the dashboard's profile tab. Workers you start yourself: see README (SLURM, PBS).
-WORKER_CONFIG = {"distributed.worker.profile.enabled": False}
+# Dask settings for the clusters kstar starts. On a laptop every core is doing torch work, so what the scheduler and
+# the workers do beside the tasks is taken from them:
+# - the worker's statistical profiler samples every thread's stack each 10 ms, taking the GIL from tasks that are
+#   mostly Python (training and attacks of small CNNs); measured here, it cost 13% of a run. It only feeds the
+#   dashboard's profile tab.
+# - the event loops' 20 ms tick (which only detects a blocked loop), the 100 ms memory monitor, the 500 ms system
+#   monitor and the 100 ms work-stealing check took 10% of one core on an idle one-worker cluster; at the intervals
+#   below, under 2%. Memory limits are still enforced, within a second.
+# Workers you start yourself: see README (SLURM, PBS).
+CLUSTER_CONFIG = {
+    "distributed.worker.profile.enabled": False,
+    "distributed.admin.tick.interval": "500ms",
+    "distributed.worker.memory.monitor-interval": "1s",
+    "distributed.admin.system-monitor.interval": "2s",
+    "distributed.scheduler.work-stealing-interval": "1s",
+}
 
 
 class TorchThreads(WorkerPlugin):
@@ -85,7 +97,7 @@ def open_client(scheduler: str | None = "local", n_workers: int | None = None) -
         # Dask's nanny starts workers with OMP/MKL/OpenBLAS at one thread and an aggressive malloc trim threshold;
         # both slow torch down. Each worker gets its share of the cores instead, and glibc's default allocator.
         environ = {name: str(threads) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
-        with dask.config.set({"distributed.nanny.pre-spawn-environ": environ, **WORKER_CONFIG}), \
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": environ, **CLUSTER_CONFIG}), \
                 LocalCluster(processes=True, dashboard_address=None, silence_logs=logging.ERROR, **size) as cluster, \
                 Client(cluster) as client:
             client.register_plugin(TorchThreads(threads))

@@ -5,7 +5,8 @@ staging folder inside ``OUT`` (same file system, so moving is a rename); only wh
 moved into place, the previous report's files that the new one no longer has are removed, and the list is rewritten.
 A failed run removes its staging folder and leaves the previous report as it was. A folder holding files the tool
 did not write is refused unless ``force=True``; even then no foreign file is ever deleted (one whose name the new
-report uses is replaced, which is what ``force`` accepts).
+report uses is replaced, which is what ``force`` accepts). A sub-folder holding its own manifest is another report
+(``reports/fashion`` beside the default report in ``reports``) and is left to it.
 """
 
 from __future__ import annotations
@@ -52,13 +53,18 @@ class ReportFolder:
     def _stale_staging(self) -> list[Path]:
         return [p for p in self.out.glob(f"{STAGING_PREFIX}*") if p.is_dir() and (p / STAGING_MARK).exists()]
 
+    def _nested_reports(self) -> set[Path]:
+        """Sub-folders that are report folders of their own (they hold a manifest): e.g. ``reports/fashion`` inside
+        ``reports``. Each one is its own report's business, never foreign to this one."""
+        return {p.parent for p in self.out.rglob(MANIFEST) if p.parent != self.out}
+
     def foreign_files(self) -> list[str]:
-        """Files in the folder that no report of this tool wrote."""
+        """Files in the folder that no report of this tool wrote (nested report folders are not looked into)."""
         owned = set(self.owned())
-        staging = set(self._stale_staging())
+        skip = set(self._stale_staging()) | self._nested_reports()
         found = []
         for path in sorted(self.out.rglob("*")):
-            if path.is_dir() or path.name in (MANIFEST, LOCK) or any(s in path.parents for s in staging):
+            if path.is_dir() or path.name in (MANIFEST, LOCK) or any(s in path.parents for s in skip):
                 continue
             rel = path.relative_to(self.out).as_posix()
             if rel not in owned:
