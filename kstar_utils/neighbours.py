@@ -452,6 +452,33 @@ def _same_class_rows(
     return first, second
 
 
+RADIUS_MARGIN = 1.01  # widens the interval known to hold r_p^2: covers the float64 rounding of d^2 and of r_p
+
+
+def _band_counts(data: ClassSortedFeatures, rows: torch.Tensor, dist: torch.Tensor, r2: torch.Tensor,
+                 given: torch.Tensor | None, fm: ForeignMinima | None, block_rows: int,
+                 stats: KernelStats) -> torch.Tensor:
+    """1 where the band pair (row p, distance ``dist`` in float64) has d < r_p, as SPEC compares them.
+
+    With r_p given (the ANN path) that is one comparison. After the foreign pass, r_p^2 is known to lie within
+    eps_p of the float32 minimum m_p, so a pair whose exact d^2 lies outside [m_p - eps_p, m_p + eps_p] (widened by
+    RADIUS_MARGIN) is decided already; only the rows holding a pair inside need their exact r_p, which costs a
+    matrix product over their foreign candidates.
+    """
+    if given is not None:
+        return (dist < given[rows]).to(torch.int64)
+    m2, eps = r2[rows], RADIUS_MARGIN * data.eps(rows)
+    d2 = dist * dist
+    inside = d2 < m2 - eps
+    open_ = ~inside & (d2 <= m2 + eps)
+    need = torch.unique(rows[open_])
+    if need.numel():
+        r_exact = torch.full((data.n,), math.nan, dtype=torch.float64, device=data.device)
+        r_exact[need] = _exact_radius_from_tiles(data, need, fm, block_rows, stats)
+        inside[open_] = dist[open_] < r_exact[rows[open_]]
+    return inside.to(torch.int64)
+
+
 def exact_counts(
     data: ClassSortedFeatures,
     rows: np.ndarray | None = None,
@@ -483,19 +510,17 @@ def exact_counts(
                 best, r2 = fm.best, fm.best.to(torch.float64)
             else:
                 bar.update(data.n)
-                best, r2 = None, given * given
+                fm, best, r2 = None, None, given * given
             low, high = _thresholds(data, slice(None), r2)
             n_low, band = _same_class_pass(data, low, high, block_rows, bar)
             if band is not None:
                 unsure = torch.unique(band[0])
                 if unsure.numel():
                     stats.rechecked_rows += int(unsure.numel())
-                    r_exact = torch.full((data.n,), math.nan, dtype=torch.float64, device=data.device)
-                    r_exact[unsure] = (given[unsure] if given is not None
-                                       else _exact_radius_from_tiles(data, unsure, fm, block_rows, stats))
                     dist = exact_pair_distances(data.exact, band[0], band[1])
                     stats.rechecked_pairs += int(band[0].numel())
-                    n_low.index_add_(0, band[0], (dist < r_exact[band[0]]).to(torch.int64))
+                    n_low.index_add_(0, band[0], _band_counts(data, band[0], dist, r2, given, fm, block_rows,
+                                                              stats))
                 bar.close()
                 return n_low.cpu().numpy(), stats
             n_high = n_low + 1  # too many pairs in the band to keep (massive ties): re-scan every row below
