@@ -201,14 +201,16 @@ def default_block_size(n: int, block_bytes: int = DEFAULT_BLOCK_BYTES) -> int:
     return int(max(1, min(n, max(MIN_BLOCK_ROWS, block_bytes // (4 * max(n, 1))))))
 
 
-def _on_cuda(device: torch.device) -> bool:
-    return torch.device(device).type == "cuda"
+def _tile_shape(device: torch.device) -> tuple[int, int, int]:
+    """(tile rows, tile bytes, same-class block rows) of the symmetric kernel on this device (see the constants)."""
+    if torch.device(device).type == "cuda":
+        return CUDA_TILE_ROWS, CUDA_TILE_BYTES, CUDA_SAME_CLASS_ROWS
+    return DEFAULT_TILE_ROWS, TILE_BYTES, SAME_CLASS_ROWS
 
 
 def _tile_columns(block_rows: int, device: torch.device) -> int:
-    """Columns per tile so that a tile of ``block_rows`` rows takes about TILE_BYTES (CUDA_TILE_BYTES on CUDA)."""
-    tile_bytes = CUDA_TILE_BYTES if _on_cuda(device) else TILE_BYTES
-    return max(block_rows, tile_bytes // (4 * max(block_rows, 1)))
+    """Columns per tile so that a tile of ``block_rows`` rows takes about the device's tile bytes."""
+    return max(block_rows, _tile_shape(device)[1] // (4 * max(block_rows, 1)))
 
 
 def exact_pair_distances(exact: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
@@ -298,7 +300,7 @@ def _same_class_pass(
     n_low = torch.zeros(n, dtype=torch.int64, device=data.device)
     band_p, band_j, kept = [], [], 0
     # small diagonal squares: the triangle is mostly computed once
-    block_rows = min(block_rows, CUDA_SAME_CLASS_ROWS if _on_cuda(data.device) else SAME_CLASS_ROWS)
+    block_rows = min(block_rows, _tile_shape(data.device)[2])
     tile = _tile_columns(block_rows, data.device)
 
     def collect(band: torch.Tensor, row_base: int, col_base: int, transpose: bool) -> None:
@@ -498,8 +500,8 @@ def exact_counts(
     stats = KernelStats(rows=len(rows_np))
     if len(rows_np) == 0:
         return np.zeros(0, dtype=np.int64), stats
-    tile_rows = CUDA_TILE_ROWS if _on_cuda(data.device) else DEFAULT_TILE_ROWS
-    block_rows = int(block_size) if block_size else (tile_rows if all_rows else MIN_BLOCK_ROWS * 2)
+    default_rows = _tile_shape(data.device)[0] if all_rows else MIN_BLOCK_ROWS * 2
+    block_rows = int(block_size) if block_size else default_rows
     rows_t = torch.from_numpy(rows_np).to(data.device)
     given = None if radius is None else torch.from_numpy(np.asarray(radius, dtype=np.float64)).to(data.device)
     with full_float32_precision(), torch.inference_mode():
