@@ -4,11 +4,18 @@ Exact (``method="exact"``): the symmetric blocked float32 kernel with float64 re
 :mod:`kstar_utils.neighbours` (each pair of samples computed once); equal to the float64 definition for every
 sample, ties included.
 
-Approximate (``method="ann"``): a seeded pynndescent graph proposes each sample's nearest foreign neighbour. Then
-* the candidates' distances are computed exactly (float64 direct form), every graph edge in both directions, and the
-  nearest one gives r_p;
-* a candidate farther than the sample's own k-th graph neighbour is not trusted (a nearer foreign sample could lie in
-  between, unseen by the graph): such samples, and those without any foreign candidate, get the exact search;
+Approximate (``method="ann"``): each sample's r_p is the exact distance to the nearest of a few *candidate* foreign
+samples, proposed two ways:
+* a seeded pynndescent graph: every graph edge, in both directions, that joins two classes. In a fractured or
+  overlapped concept the nearest foreign sample is among a sample's nearest neighbours, and the graph finds it;
+* sampled rows: per class, rows drawn at random (never the audit's) are searched exactly for their ``SAMPLE_TOP``
+  nearest foreign samples, and these serve as candidates for the whole class. Inside a clustered concept the nearest
+  foreign samples are few and shared by many samples (hubs), so a few hundred sampled rows cover almost every row.
+  Sampling goes on, a batch at a time, until a fresh batch finds the candidates so far covering all but
+  ``SAMPLE_MAX_MISSES`` of its rows (a measured recall), or until ``SAMPLE_MAX_FRACTION`` of the class.
+Then
+* every candidate distance is computed exactly (float64 direct form), so r_p is never underestimated; a sample with
+  no candidate at all gets the exact search;
 * the same-class points nearer than r_p are counted exactly, by the exact kernel's same-class pass with these r_p
   (each same-class pair once, float64 re-checks in the float32 band);
 * a random sample of points (``audit_size``) is computed both ways first and compared: ``result.audit``. Under
@@ -40,20 +47,31 @@ from .neighbours import (
     exact_counts,
     exact_foreign_radius,
     exact_pair_distances,
+    foreign_top,
+    nearest_among,
     resolve_device,
     sort_by_class,
 )
 from .validation import METHODS, check_choice, check_count, check_fraction, check_inputs, check_number
 
-# N^2 * D above which method="auto" uses ANN. With the symmetric exact kernel, ANN only caught up with exact at
-# N = 200,000, D = 128 on data of low intrinsic dimension (1.12x, benchmarks/bench_kstar.py part 3a; see README,
-# Performance), i.e. N^2 * D = 5.1e12; exact stays the default below it because it has no error at all.
-AUTO_EXACT_MAX_WORK = 5.0e12
-DEFAULT_N_NEIGHBORS = 30
+# N^2 * D above which method="auto" uses ANN. Measured (benchmarks/bench_kstar.py parts 3 and 5, README,
+# Performance), ANN / exact speed-up on data (a) at D = 128: 0.44x at N = 25,000, 0.60x at 50,000, 0.75x at 100,000,
+# 0.95x at 200,000: it gains about 0.17 per doubling of N and crosses 1 near N = 250,000. Exact has no error at all,
+# so "auto" waits until the trend gives ANN about 1.3x: N = 800,000 at D = 128, N^2 * D = 8.2e13.
+AUTO_EXACT_MAX_WORK = 8.0e13
+# The graph only has to find the nearest foreign samples of samples near another class (the sampled rows find the
+# others): 15 neighbours did that at N = 200,000 in half the time of 30 (benchmarks/bench_kstar.py, README).
+DEFAULT_N_NEIGHBORS = 15
 DEFAULT_AUDIT_SIZE = 1000
 # Below this fraction of identical k* in the audit, "auto" discards the ANN result and computes exact k*, and "ann"
-# warns: a latent space of high intrinsic dimension defeats the neighbour graph (see README, Performance).
+# warns: isotropic high-dimensional classes have few shared nearest foreign samples (see README, Performance).
 ANN_MIN_IDENTICAL = 0.99
+# The sampled candidates of the ANN path (see _sampled_candidates): rows per batch, nearest foreign samples kept per
+# sampled row, the misses a batch may show for sampling to stop, and the largest fraction of a class sampled.
+SAMPLE_BATCH = 128
+SAMPLE_TOP = 256
+SAMPLE_MAX_MISSES = 1
+SAMPLE_MAX_FRACTION = 0.05
 
 
 def _encode_float(value: float) -> float | str:
@@ -188,14 +206,17 @@ def choose_method(n: int, dim: int, method: str = "auto") -> str:
     return "exact" if float(n) * n * dim <= AUTO_EXACT_MAX_WORK else "ann"
 
 
-def _ann_candidates(data, n_neighbors: int, seed: int, n_jobs: int | None) -> np.ndarray:
-    """Verified candidate radius of every sorted row: the exact distance to its nearest foreign graph neighbour, or
-    inf where the graph cannot vouch for one (the row then gets the exact search).
+def _graph_candidates(data, n_neighbors: int, seed: int, n_jobs: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Verified candidate radius of every sorted row from the pynndescent graph: the exact distance to its nearest
+    foreign graph neighbour (inf where the graph holds none), and whether that candidate is *settled*: no farther than
+    the row's own k-th graph neighbour, so that the graph has seen the row's neighbourhood out to it. A settled row
+    skips the sampled candidates (the dense product over them is the ANN path's largest cost); the sampling's
+    recall check measures that rule on fresh rows, and where settled rows turn out wrong it searches every row.
 
-    Every edge of the graph is used in both directions: if q lists p, the pair (p, q) is a candidate for p as well as
-    for q (the distance is the same, so this costs nothing more, and NN-descent often keeps a pair in one list only).
-    A candidate is trusted only within the row's own neighbourhood: if it is farther than the row's k-th graph
-    neighbour, a nearer foreign sample may lie between the two, unseen by the graph, so the row is searched exactly.
+    Every edge is used in both directions: if q lists p, the pair (p, q) is a candidate for p as well as for q (the
+    distance is the same, so this costs nothing more, and NN-descent often keeps a pair in one list only). In a
+    fractured or overlapped concept the nearest foreign sample is among a sample's nearest neighbours, and the graph
+    finds it; deep inside a clustered one it is not, and the sampled candidates below find it.
     """
     graph = ann_neighbour_graph(data.exact.cpu().numpy(), n_neighbors=n_neighbors, seed=seed, n_jobs=n_jobs)
     rows = np.repeat(np.arange(data.n), graph.shape[1])
@@ -212,12 +233,74 @@ def _ann_candidates(data, n_neighbors: int, seed: int, n_jobs: int | None) -> np
     last = np.where(valid.any(axis=1), graph[np.arange(data.n), valid.sum(axis=1) - 1], np.arange(data.n))
     reach = exact_pair_distances(data.exact, torch.arange(data.n, device=data.device),
                                  torch.from_numpy(last).to(data.device)).cpu().numpy()
-    radius[radius > reach] = np.inf  # beyond the row's own neighbourhood: not vouched for by the graph
-    return radius
+    return radius, radius <= reach
+
+
+def _offer(data, radius: np.ndarray, rows: torch.Tensor, cols: torch.Tensor) -> None:
+    """Lower ``radius`` (in place) to the exact float64 distance of each (row, foreign column) pair where nearer."""
+    if rows.numel():
+        dist = exact_pair_distances(data.exact, rows, cols).cpu().numpy()
+        np.minimum.at(radius, rows.cpu().numpy(), dist)
+
+
+def _sampled_candidates(data, radius: np.ndarray, settled: np.ndarray, rng: np.random.Generator,
+                        exclude: np.ndarray, block_size: int | None) -> dict:
+    """Lower every row's candidate radius with the foreign samples that are nearest to *sampled* rows of its class.
+
+    Why this works: the nearest foreign samples of a class are few and shared (hubs: at N = 50,000 only about one
+    sample in ten is anyone's nearest foreign sample), so the ``SAMPLE_TOP`` nearest foreign samples of a few hundred
+    rows, searched exactly, hold the nearest foreign sample of almost every other row of the class. Rows are sampled
+    in batches of ``SAMPLE_BATCH``; before a batch is added, its rows' exact nearest foreign samples measure the
+    recall of the candidates so far (graph and sample) on fresh rows, under two rules: settled rows keep the graph's
+    candidate, or every row takes the sampled ones too. Sampling stops once a batch has at most ``SAMPLE_MAX_MISSES``
+    misses under either rule (the cheaper first), or at ``SAMPLE_MAX_FRACTION`` of the class (then every row is
+    searched). The rows the rule names take their nearest candidate (one dense product over the candidates),
+    verified in float64 like the graph's. ``exclude``
+    (the audit rows) is never sampled, so the audit measures rows the sample did not see.
+    """
+    block_rows = int(block_size) if block_size else 2 * SAMPLE_BATCH
+    excluded = np.zeros(data.n, dtype=bool)
+    excluded[exclude] = True
+    sampled, candidates, classes_capped, searched = 0, 0, 0, 0
+    for s, e in zip(data.starts.tolist(), data.ends.tolist()):
+        pool = s + rng.permutation(e - s)
+        pool = pool[~excluded[pool]]
+        cap = min(len(pool), max(SAMPLE_BATCH, math.ceil(SAMPLE_MAX_FRACTION * (e - s))))
+        found = torch.zeros(0, dtype=torch.int64, device=data.device)
+        taken, misses, skip_settled = 0, None, False
+        while taken < cap:
+            batch = torch.from_numpy(np.sort(pool[taken : min(taken + SAMPLE_BATCH, cap)])).to(data.device)
+            taken += batch.numel()
+            values, indices = foreign_top(data, batch, SAMPLE_TOP, block_rows)
+            batch_np = batch.cpu().numpy()
+            graph_only = torch.from_numpy(radius[batch_np] ** 2).to(data.device)
+            with_sample = torch.minimum(graph_only, nearest_among(data, batch, found)[0].to(torch.float64))
+            open_rows = torch.from_numpy(~settled[batch_np]).to(data.device)
+            bound = values[:, 0].to(torch.float64) + 2 * data.eps(batch)  # float32 band: a tie is not a miss
+            # the two rules the final pass may use: settled rows keep the graph's candidate, or every row is searched
+            misses_settled = int((torch.where(open_rows, with_sample, graph_only) > bound).sum())
+            misses = int((with_sample > bound).sum())
+            found = torch.unique(torch.cat([found, indices.flatten()]))
+            _offer(data, radius, batch, indices[:, 0])
+            if misses_settled <= SAMPLE_MAX_MISSES or misses <= SAMPLE_MAX_MISSES:
+                skip_settled = misses_settled <= SAMPLE_MAX_MISSES
+                break
+        else:
+            classes_capped += int(misses is not None and misses > SAMPLE_MAX_MISSES)
+        rows = np.arange(s, e)
+        rows = torch.from_numpy(rows[~settled[s:e]] if skip_settled else rows).to(data.device)
+        if found.numel() and rows.numel():
+            _, nearest = nearest_among(data, rows, found)
+            _offer(data, radius, rows, nearest)
+            searched += int(rows.numel())
+        sampled += taken
+        candidates += int(found.numel())
+    return {"sampled_rows": sampled, "sampled_candidates": candidates, "classes_at_sample_cap": classes_capped,
+            "rows_given_sampled_candidates": searched}
 
 
 def _ann_exact_search(data, radius: np.ndarray, block_size: int | None) -> int:
-    """Rows whose graph neighbours hold no foreign sample get their exact r_p (in place); returns how many."""
+    """Rows with no verified candidate at all get their exact r_p (in place); returns how many."""
     missing = np.flatnonzero(~np.isfinite(radius))
     if missing.size:
         radius[missing] = exact_foreign_radius(data, missing, block_size=block_size)
@@ -228,15 +311,17 @@ def _ann_kstar(data, n_neighbors: int, seed: int, n_jobs: int | None, block_size
                audit_size: int, min_identical: float | None, progress: bool) -> tuple[np.ndarray | None, dict, dict]:
     """k* (sorted order) from ANN candidates, verified as the module docstring says, audited first.
 
-    The audit rows are computed both ways before anything else; when ``min_identical`` is given and the audit falls
-    below it, returns None for k* (the caller runs the exact path instead) without doing the full ANN work. The full
-    verification is the exact kernel's same-class pass with the candidate radii as r_p: each same-class pair once.
+    The audit rows are drawn first and kept out of the sample, then computed both ways; when ``min_identical`` is
+    given and the audit falls below it, returns None for k* (the caller runs the exact path instead) without doing
+    the full ANN work. The full verification is the exact kernel's same-class pass with the candidate radii as r_p:
+    each same-class pair once.
     """
-    radius = _ann_candidates(data, n_neighbors, seed, n_jobs)
-    exact_search = _ann_exact_search(data, radius, block_size)
     rng = np.random.default_rng(seed)
     size = int(min(max(audit_size, 0), data.n))
     audit_rows = np.sort(rng.choice(data.n, size=size, replace=False)) if size else np.empty(0, dtype=np.int64)
+    radius, settled = _graph_candidates(data, n_neighbors, seed, n_jobs)
+    sample_info = _sampled_candidates(data, radius, settled, rng, audit_rows, block_size)
+    exact_search = _ann_exact_search(data, radius, block_size)
     ann_audit = 1 + exact_counts(data, audit_rows, radius=radius[audit_rows], block_size=block_size)[0]
     exact_audit = 1 + exact_counts(data, audit_rows, block_size=block_size)[0]
     diff = np.abs(ann_audit - exact_audit)
@@ -247,7 +332,7 @@ def _ann_kstar(data, n_neighbors: int, seed: int, n_jobs: int | None, block_size
         "mean_abs_difference": float(diff.mean()) if size else 0.0,
         "seed": seed,
     }
-    info = {"n_neighbors": int(min(n_neighbors, data.n - 1)), "exact_search_samples": exact_search}
+    info = {"n_neighbors": int(min(n_neighbors, data.n - 1)), "exact_search_samples": exact_search, **sample_info}
     if min_identical is not None and size and audit["fraction_identical"] < min_identical:
         return None, audit, info
     kstar = 1 + exact_counts(data, radius=radius, block_size=block_size, progress=progress)[0]

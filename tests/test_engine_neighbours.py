@@ -146,11 +146,62 @@ def test_exact_foreign_radius_is_the_float64_nearest_foreign_distance():
     np.testing.assert_array_equal(exact_foreign_radius(data, rows), expected)
 
 
-def test_cuda_tiles_are_larger_than_the_cpu_ones():
-    """On CUDA each tile costs kernel launches and host syncs, so its tiles hold 16 times more (measured on an H200)."""
+def test_tile_shape_follows_the_device_and_the_inner_width():
+    """On CUDA each tile costs kernel launches and host syncs, so its tiles hold 16 times more (measured on an H200);
+    on the CPU a narrow inner dimension gets a tile that stays in cache (measured here: see TILE_ELEMENTS_PER_INNER)."""
     import kstar_utils.neighbours as nb
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert nb._tile_columns(nb.DEFAULT_TILE_ROWS, cpu) * nb.DEFAULT_TILE_ROWS * 4 == nb.TILE_BYTES
-    assert nb._tile_columns(nb.CUDA_TILE_ROWS, cuda) * nb.CUDA_TILE_ROWS * 4 == nb.CUDA_TILE_BYTES
+    assert nb._tile_shape(cpu, 520) == (nb.DEFAULT_TILE_ROWS, nb.TILE_BYTES, nb.SAME_CLASS_ROWS)  # D = 512: 2048^2
+    rows, tile_bytes, _ = nb._tile_shape(cpu, 136)  # D = 128
+    assert rows == 1024 and tile_bytes == 4 * nb.TILE_ELEMENTS_PER_INNER * 136
+    rows, tile_bytes, _ = nb._tile_shape(cpu, 8)  # D <= 6: the smallest tile
+    assert rows == nb.SAME_CLASS_ROWS and tile_bytes == nb.MIN_TILE_BYTES
+    for inner in (8, 72, 136, 520, 4104):
+        rows, tile_bytes, same_rows = nb._tile_shape(cpu, inner)
+        assert nb.SAME_CLASS_ROWS <= rows <= nb.DEFAULT_TILE_ROWS and rows * rows * 4 <= tile_bytes <= nb.TILE_BYTES
+    assert nb._tile_shape(cuda, 136) == (nb.CUDA_TILE_ROWS, nb.CUDA_TILE_BYTES, nb.CUDA_SAME_CLASS_ROWS)
     assert nb.CUDA_TILE_BYTES == 16 * nb.TILE_BYTES and nb.CUDA_SAME_CLASS_ROWS > nb.SAME_CLASS_ROWS
+
+
+@pytest.mark.parametrize("m", [1, 5, 40])
+def test_foreign_top_returns_the_m_nearest_foreign_samples_in_order(m, monkeypatch):
+    """The ANN path's sampled rows: their m nearest foreign samples, searched exactly (in blocks of 3 rows: a memory
+    limit of 3 whole rows of distances)."""
+    import kstar_utils.neighbours as nb
+    from kstar_utils.neighbours import foreign_top
+
+    monkeypatch.setattr(nb, "FOREIGN_TOP_BYTES", 3 * 400 * 4)
+
+    rng = np.random.default_rng(m)
+    x = rng.normal(size=(400, 6))
+    y = rng.integers(0, 3, 400)
+    data = sort_by_class(x, y, torch.device("cpu"))
+    xs, ys = data.exact.numpy(), data.codes
+    rows = torch.from_numpy(rng.choice(400, size=37, replace=False))
+    values, indices = foreign_top(data, rows, m, block_rows=16)
+    assert values.shape == indices.shape == (37, m)
+    for r, v, i in zip(rows.numpy(), values.numpy(), indices.numpy()):
+        d2 = ((xs - xs[r]) ** 2).sum(axis=1)
+        d2[ys == ys[r]] = np.inf
+        np.testing.assert_allclose(v, np.sort(d2)[:m], rtol=1e-4, atol=1e-4)
+        assert np.all(ys[i] != ys[r]) and len(set(i)) == m
+        np.testing.assert_allclose(d2[i], v, rtol=1e-4, atol=1e-4)
+
+
+def test_nearest_among_picks_the_nearest_candidate_column():
+    from kstar_utils.neighbours import nearest_among
+
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(300, 4))
+    y = np.repeat([0, 1], 150)
+    data = sort_by_class(x, y, torch.device("cpu"))
+    xs = data.exact.numpy()
+    rows = torch.arange(0, 150)
+    cols = torch.from_numpy(rng.choice(np.arange(150, 300), size=60, replace=False))
+    values, found = nearest_among(data, rows, cols, block_rows=32)
+    d2 = ((xs[:150, None, :] - xs[None, cols.numpy(), :]) ** 2).sum(axis=2)
+    np.testing.assert_array_equal(found.numpy(), cols.numpy()[d2.argmin(axis=1)])
+    np.testing.assert_allclose(values.numpy(), d2.min(axis=1), rtol=1e-4, atol=1e-4)
+    empty_values, _ = nearest_among(data, rows, torch.zeros(0, dtype=torch.int64))
+    assert torch.isinf(empty_values).all()

@@ -39,16 +39,66 @@ def test_ann_is_deterministic_for_a_seed_and_thread_count(overlapping):
     assert a.audit == b.audit
 
 
-def test_samples_without_foreign_candidates_get_the_exact_search():
-    """Far-apart clusters: no graph neighbour is foreign, so every sample goes through the exact search."""
+def _far_apart_clusters(n_per_class: int = 200) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(2)
-    y = np.repeat([0, 1, 2], 200)
-    x = rng.normal(size=(600, 5)) + 50.0 * y[:, None]
+    y = np.repeat([0, 1, 2], n_per_class)
+    return rng.normal(size=(3 * n_per_class, 5)) + 50.0 * y[:, None], y
+
+
+def test_clustered_samples_get_their_candidates_from_the_sampled_rows():
+    """Far-apart clusters: no graph neighbour is foreign, so every candidate comes from the sampled rows' nearest
+    foreign samples; k* is exact and nothing needs the row-by-row exact search."""
+    x, y = _far_apart_clusters()
     ann = compute_kstar(x, y, method="ann", n_neighbors=5, n_jobs=1, audit_size=100)
     exact = compute_kstar(x, y, method="exact")
     np.testing.assert_array_equal(ann.kstar, exact.kstar)
-    assert ann.params["exact_search_samples"] == 600
+    assert ann.params["exact_search_samples"] == 0 and ann.params["sampled_rows"] > 0
     assert ann.audit["fraction_identical"] == 1.0
+
+
+def test_without_sampled_rows_samples_lacking_graph_candidates_get_the_exact_search(monkeypatch):
+    import kstar_utils.kstar as kstar_module
+
+    monkeypatch.setattr(kstar_module, "SAMPLE_BATCH", 0)
+    monkeypatch.setattr(kstar_module, "SAMPLE_MAX_FRACTION", 0.0)
+    x, y = _far_apart_clusters()
+    ann = compute_kstar(x, y, method="ann", n_neighbors=5, n_jobs=1, audit_size=100)
+    np.testing.assert_array_equal(ann.kstar, compute_kstar(x, y, method="exact").kstar)
+    assert ann.params["sampled_rows"] == 0 and ann.params["exact_search_samples"] == 600
+
+
+def test_sampling_stops_when_a_fresh_batch_is_covered_and_never_takes_audit_rows(monkeypatch):
+    """The first batch of a far-apart cluster has no candidate yet (all misses); its nearest foreign samples cover
+    the next batch, so sampling stops after two batches per class. Audit rows are never sampled."""
+    import torch
+
+    import kstar_utils.kstar as kstar_module
+    from kstar_utils.neighbours import resolve_device, sort_by_class
+
+    x, y = _far_apart_clusters(600)
+    data = sort_by_class(x.astype(np.float64), y, resolve_device("cpu"))
+    seen = []
+    real_top = kstar_module.foreign_top
+    monkeypatch.setattr(kstar_module, "foreign_top",
+                        lambda d, rows, *a: (seen.append(rows.clone()), real_top(d, rows, *a))[1])
+    audit = np.arange(0, data.n, 7)
+    batch = kstar_module.SAMPLE_BATCH
+    # at the default cap (5% of 600 rows, at least one batch) the first batch is all the sample may take: capped
+    radius = np.full(data.n, np.inf)
+    info = kstar_module._sampled_candidates(data, radius, np.zeros(data.n, dtype=bool), np.random.default_rng(0),
+                                            audit, None)
+    assert info["sampled_rows"] == 3 * batch and info["classes_at_sample_cap"] == 3
+    assert np.isfinite(radius).all()  # every row got a verified candidate all the same
+    # with room for more, the second batch is covered by the first one's candidates: sampling stops there
+    monkeypatch.setattr(kstar_module, "SAMPLE_MAX_FRACTION", 0.5)
+    seen.clear()
+    radius = np.full(data.n, np.inf)
+    info = kstar_module._sampled_candidates(data, radius, np.zeros(data.n, dtype=bool), np.random.default_rng(0),
+                                            audit, None)
+    sampled = torch.cat(seen).numpy()
+    assert info["sampled_rows"] == 3 * 2 * batch == len(sampled) == len(np.unique(sampled))
+    assert info["classes_at_sample_cap"] == 0 and not np.isin(sampled, audit).any()
+    assert np.isfinite(radius).all()
 
 
 def test_auto_picks_exact_for_small_and_ann_for_large_problems():
@@ -59,13 +109,15 @@ def test_auto_picks_exact_for_small_and_ann_for_large_problems():
 
 
 def test_auto_falls_back_to_exact_when_the_audit_fails(monkeypatch):
-    """Isotropic high-dimensional classes with a tiny graph: the audit fails, so 'auto' returns exact k*."""
+    """Isotropic high-dimensional classes with a tiny graph and no sampled rows: the audit fails, so 'auto' returns exact k*."""
     import kstar_utils.kstar as kstar_module
     from kstar_utils.kstar import ANNAccuracyWarning
     from kstar_utils.synthetic import gaussian_classes
 
     x, y = gaussian_classes(1500, 64, 5, separation=0.3, seed=4)
     monkeypatch.setattr(kstar_module, "AUTO_EXACT_MAX_WORK", 0.0)
+    monkeypatch.setattr(kstar_module, "SAMPLE_BATCH", 0)  # the graph alone: no sampled candidates
+    monkeypatch.setattr(kstar_module, "SAMPLE_MAX_FRACTION", 0.0)
     with pytest.warns(ANNAccuracyWarning, match="computing exact k\\* instead"):
         auto = compute_kstar(x, y, method="auto", n_neighbors=2, n_jobs=1, audit_size=200)
     assert auto.method == "exact" and auto.params["ann_fallback"] is True
