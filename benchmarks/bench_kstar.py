@@ -199,6 +199,7 @@ def compare_ann(x: np.ndarray, y: np.ndarray, label: str, repeat: int = 1) -> di
         "audit": a.audit, "identical_all": identical, "exact_search_samples": a.params["exact_search_samples"],
         "sampled_rows": a.params.get("sampled_rows", 0), "sampled_candidates": a.params.get("sampled_candidates", 0),
         "classes_at_sample_cap": a.params.get("classes_at_sample_cap", 0),
+        "rows_given_sampled_candidates": a.params.get("rows_given_sampled_candidates", 0),
         "gamma_approx_exact": e.gamma_approx, "gamma_approx_ann": a.gamma_approx,
         "goal_met": bool(identical >= GOALS["ann_identical"] and a.audit["fraction_identical"] >= GOALS["ann_identical"]
                          and speedup >= GOALS["ann_speedup"]),

@@ -12,7 +12,9 @@ samples, proposed two ways:
   nearest foreign samples, and these serve as candidates for the whole class. Inside a clustered concept the nearest
   foreign samples are few and shared by many samples (hubs), so a few hundred sampled rows cover almost every row.
   Sampling goes on, a batch at a time, until a fresh batch finds the candidates so far covering all but
-  ``SAMPLE_MAX_MISSES`` of its rows (a measured recall), or until ``SAMPLE_MAX_FRACTION`` of the class.
+  ``SAMPLE_MAX_MISSES`` of its rows (a measured recall), or until ``SAMPLE_MAX_FRACTION`` of the class. A graph
+  candidate no farther than the sample's own k-th graph neighbour is *settled*: when a fresh batch shows settled
+  candidates right as well, the class's settled samples skip the dense product over the sampled candidates.
 Then
 * every candidate distance is computed exactly (float64 direct form), so r_p is never underestimated; a sample with
   no candidate at all gets the exact search;

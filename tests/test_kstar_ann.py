@@ -101,6 +101,17 @@ def test_sampling_stops_when_a_fresh_batch_is_covered_and_never_takes_audit_rows
     assert np.isfinite(radius).all()
 
 
+def test_settled_samples_keep_the_graph_candidate_when_a_fresh_batch_confirms_it():
+    """Overlapping classes in 2-d: almost every sample has a foreign sample among its graph neighbours, and the graph
+    is right there, so the recall check lets settled samples skip the dense product; k* stays exact."""
+    rng = np.random.default_rng(7)
+    y = rng.integers(0, 3, 6000)
+    x = rng.normal(size=(3, 2))[y] * 0.5 + rng.normal(size=(6000, 2))
+    ann = compute_kstar(x, y, method="ann", n_jobs=1, audit_size=200)
+    assert 0 < ann.params["rows_given_sampled_candidates"] < 6000 - ann.params["sampled_rows"]
+    assert np.mean(ann.kstar == compute_kstar(x, y, method="exact").kstar) >= 0.99
+
+
 def test_auto_picks_exact_for_small_and_ann_for_large_problems():
     assert choose_method(1000, 64) == "exact"
     big = int(np.sqrt(AUTO_EXACT_MAX_WORK / 128)) + 1000
