@@ -224,13 +224,9 @@ def _graph_candidates(data, n_neighbors: int, seed: int, n_jobs: int | None) -> 
     rows = np.repeat(np.arange(data.n), graph.shape[1])
     cols = graph.ravel()
     keep = (cols >= 0) & (cols != rows) & (data.codes[cols] != data.codes[rows])
-    rows, cols = rows[keep], cols[keep]
-    dist = exact_pair_distances(
-        data.exact, torch.from_numpy(rows).to(data.device), torch.from_numpy(cols).to(data.device)
-    ).cpu().numpy()
     radius = np.full(data.n, np.inf)
-    np.minimum.at(radius, rows, dist)
-    np.minimum.at(radius, cols, dist)  # the reverse edge
+    _offer(data, radius, torch.from_numpy(rows[keep]).to(data.device), torch.from_numpy(cols[keep]).to(data.device),
+           both_ways=True)
     valid = graph >= 0
     last = np.where(valid.any(axis=1), graph[np.arange(data.n), valid.sum(axis=1) - 1], np.arange(data.n))
     reach = exact_pair_distances(data.exact, torch.arange(data.n, device=data.device),
@@ -238,11 +234,14 @@ def _graph_candidates(data, n_neighbors: int, seed: int, n_jobs: int | None) -> 
     return radius, radius <= reach
 
 
-def _offer(data, radius: np.ndarray, rows: torch.Tensor, cols: torch.Tensor) -> None:
-    """Lower ``radius`` (in place) to the exact float64 distance of each (row, foreign column) pair where nearer."""
+def _offer(data, radius: np.ndarray, rows: torch.Tensor, cols: torch.Tensor, both_ways: bool = False) -> None:
+    """Lower ``radius`` (in place) to the exact float64 distance of each (row, foreign column) pair where nearer;
+    ``both_ways`` lowers the column's radius too (the distance is the same: a graph edge serves both ends)."""
     if rows.numel():
         dist = exact_pair_distances(data.exact, rows, cols).cpu().numpy()
         np.minimum.at(radius, rows.cpu().numpy(), dist)
+        if both_ways:
+            np.minimum.at(radius, cols.cpu().numpy(), dist)
 
 
 def _sampled_candidates(data, radius: np.ndarray, settled: np.ndarray, rng: np.random.Generator,
@@ -288,7 +287,7 @@ def _sampled_candidates(data, radius: np.ndarray, settled: np.ndarray, rng: np.r
                 skip_settled = misses_settled <= SAMPLE_MAX_MISSES
                 break
         else:
-            classes_capped += int(misses is not None and misses > SAMPLE_MAX_MISSES)
+            classes_capped += int(misses is not None)  # the loop ran out: every batch had too many misses
         rows = np.arange(s, e)
         rows = torch.from_numpy(rows[~settled[s:e]] if skip_settled else rows).to(data.device)
         if found.numel() and rows.numel():

@@ -643,7 +643,7 @@ def nearest_among(data: ClassSortedFeatures, rows: torch.Tensor, cols: torch.Ten
     found = torch.zeros(rows.numel(), dtype=torch.int64, device=data.device)
     if cols.numel() == 0:
         return values, found
-    tile = max(_tile_columns(block_rows, data), 1)
+    tile = _tile_columns(block_rows, data)
     with full_float32_precision(), torch.inference_mode():
         right = data.right[cols]  # gathered once: every block of rows multiplies the same candidates
         for lo in range(0, rows.numel(), block_rows):
