@@ -1,0 +1,129 @@
+"""Fused reductions over one float32 tile of squared distances: threshold counts and row minima.
+
+Why this module: after each matrix product the exact kernel and the ANN path reduce the tile. In torch each reduction
+is its own pass that writes a mask or an index tensor, and on CPU those passes cost more than the product itself:
+on a 512 x 2,048 tile at D = 128 (2 cores), the four threshold counts of the same-class pass took 2.8 ms against the
+product's 1.9 ms, and ``min(dim=1)`` with indices 1.2 ms against ``amin``'s 0.1 ms. The numba loops here read the tile
+once, in cache, and take about 0.2 ms for the four counts. On other devices (CUDA) the torch forms run: there they
+are cheap next to the product.
+
+Every function takes a 2-D float32 tile and returns torch tensors on the tile's device, equal to the torch forms
+(``_torch_*``), which the tests compare them with. NaN never reaches a tile (inputs are checked finite); ``inf`` does
+(excluded pairs) and compares as IEEE says: no fast-math flags are used.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import torch
+from numba import config, njit, prange, set_num_threads
+
+_LOCK = threading.Lock()  # numba's default thread pool must not be entered by two Python threads at once
+
+
+@njit(parallel=True, cache=True, boundscheck=False)
+def _row_counts(g, low, high, out_low, out_high):  # pragma: no cover - compiled
+    m, n = g.shape
+    for i in prange(m):
+        a, b = low[i], high[i]
+        below_a = np.int32(0)
+        below_b = np.int32(0)
+        for j in range(n):
+            v = g[i, j]
+            below_a += np.int32(1) if v < a else np.int32(0)
+            below_b += np.int32(1) if v < b else np.int32(0)
+        out_low[i] = below_a
+        out_high[i] = below_b
+
+
+@njit(parallel=True, cache=True, boundscheck=False)
+def _column_counts(g, low, high, out_low, out_high, chunks):  # pragma: no cover - compiled
+    # each chunk of columns in its own thread, with local counters, so that the loop over j vectorises
+    m, n = g.shape
+    step = (n + chunks - 1) // chunks
+    for t in prange(chunks):
+        j0 = min(n, t * step)
+        j1 = min(n, j0 + step)
+        width = j1 - j0
+        count_a = np.zeros(width, np.int32)
+        count_b = np.zeros(width, np.int32)
+        a = low[j0:j1].copy()
+        b = high[j0:j1].copy()
+        for i in range(m):
+            row = g[i, j0:j1]
+            for j in range(width):
+                v = row[j]
+                count_a[j] += np.int32(1) if v < a[j] else np.int32(0)
+                count_b[j] += np.int32(1) if v < b[j] else np.int32(0)
+        out_low[j0:j1] = count_a
+        out_high[j0:j1] = count_b
+
+
+@njit(parallel=True, cache=True, boundscheck=False)
+def _row_min(g, out_value, out_index):  # pragma: no cover - compiled
+    m, n = g.shape
+    for i in prange(m):
+        row = g[i]
+        best = np.float32(np.inf)
+        for j in range(n):  # the minimum first, then its first column
+            best = min(best, row[j])
+        at = 0
+        for j in range(n):
+            if row[j] == best:
+                at = j
+                break
+        out_value[i] = best
+        out_index[i] = at
+
+
+_KERNELS = {"row_counts": _row_counts, "column_counts": _column_counts, "row_min": _row_min}
+
+
+def _use_numba(g: torch.Tensor) -> bool:
+    return g.device.type == "cpu" and g.dtype == torch.float32 and g.dim() == 2 and g.numel() > 0
+
+
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    return t.detach().contiguous().numpy()
+
+
+def _run(name: str, *args) -> None:
+    """Run a kernel on as many threads as torch uses (the pipeline's workers set that share), one call at a time."""
+    with _LOCK:
+        set_num_threads(max(1, min(torch.get_num_threads(), config.NUMBA_NUM_THREADS)))
+        _KERNELS[name](*args)
+
+
+def _torch_counts(g: torch.Tensor, low: torch.Tensor, high: torch.Tensor, dim: int) -> tuple[torch.Tensor, ...]:
+    shape = (-1, 1) if dim == 1 else (1, -1)
+    return ((g < low.reshape(shape)).sum(dim=dim, dtype=torch.int32),
+            (g < high.reshape(shape)).sum(dim=dim, dtype=torch.int32))
+
+
+def counts_below(g: torch.Tensor, low: torch.Tensor, high: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """int32 counts of tile entries below ``low`` and below ``high`` (float32 thresholds), per row (``dim=1``: one
+    threshold per row) or per column (``dim=0``: one per column)."""
+    if not _use_numba(g):
+        return _torch_counts(g, low, high, dim)
+    size = g.shape[0] if dim == 1 else g.shape[1]
+    out_low = torch.empty(size, dtype=torch.int32)
+    out_high = torch.empty(size, dtype=torch.int32)
+    tile, a, b = _numpy(g), _numpy(low.reshape(-1)), _numpy(high.reshape(-1))
+    if dim == 1:
+        _run("row_counts", tile, a, b, out_low.numpy(), out_high.numpy())
+    else:
+        _run("column_counts", tile, a, b, out_low.numpy(), out_high.numpy(), max(1, torch.get_num_threads()))
+    return out_low, out_high
+
+
+def row_minimum(g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's smallest value and the column holding it (the first such column on CPU; any one of them on other
+    devices, as torch's ``min`` gives)."""
+    if not _use_numba(g):
+        return g.min(dim=1)
+    values = torch.empty(g.shape[0], dtype=torch.float32)
+    index = torch.empty(g.shape[0], dtype=torch.int64)
+    _run("row_min", _numpy(g), values.numpy(), index.numpy())
+    return values, index

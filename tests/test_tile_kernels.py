@@ -1,0 +1,84 @@
+"""The fused tile reductions (numba on CPU) equal their torch forms, ties and inf included."""
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from kstar_utils import tile_kernels
+
+
+def _tile(rows: int, cols: int, seed: int = 0) -> torch.Tensor:
+    g = torch.from_numpy(np.random.default_rng(seed).integers(0, 6, size=(rows, cols)).astype(np.float32))
+    if rows and cols:
+        g[0, 0] = np.inf  # an excluded pair (the diagonal)
+    return g
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (7, 3), (64, 257), (300, 2048), (3, 9000)])
+@pytest.mark.parametrize("dim", [0, 1])
+def test_counts_below_equal_torch_with_ties_and_inf(shape, dim):
+    g = _tile(*shape, seed=shape[0])
+    size = shape[0] if dim == 1 else shape[1]
+    rng = np.random.default_rng(1)
+    low = torch.from_numpy(rng.integers(0, 6, size=size).astype(np.float32))  # integers: many entries tie
+    high = low + torch.from_numpy(rng.integers(0, 2, size=size).astype(np.float32))
+    low[0], high[-1] = -np.inf, np.inf
+    got = tile_kernels.counts_below(g, low, high, dim)
+    expected = tile_kernels._torch_counts(g, low, high, dim)
+    assert got[0].dtype == torch.int32
+    for a, b in zip(got, expected):
+        assert torch.equal(a, b)
+    # strictly below: an entry equal to the threshold is not counted
+    column = g[:, 0] if dim == 0 else g[0]
+    assert int(got[0][0]) == int((column < low[0]).sum())
+
+
+def test_counts_below_accept_broadcast_shapes_and_non_contiguous_tiles():
+    g = _tile(40, 80)[:, ::2]  # a view with strides: copied to a contiguous tile
+    low = torch.full((40, 1), 3.0)
+    high = torch.full((40, 1), 4.0)
+    for a, b in zip(tile_kernels.counts_below(g, low, high, 1), tile_kernels._torch_counts(g, low, high, 1)):
+        assert torch.equal(a, b)
+    low_c, high_c = torch.full((1, 40), 2.0), torch.full((1, 40), 5.0)
+    for a, b in zip(tile_kernels.counts_below(g, low_c, high_c, 0), tile_kernels._torch_counts(g, low_c, high_c, 0)):
+        assert torch.equal(a, b)
+
+
+def test_float64_tiles_take_the_torch_form():
+    g = _tile(5, 6).double()
+    low, high = torch.zeros(5, dtype=torch.float64), torch.full((5,), 3.0, dtype=torch.float64)
+    low_count, high_count = tile_kernels.counts_below(g, low, high, 1)
+    assert torch.equal(low_count, (g < 0).sum(1, dtype=torch.int32))
+    assert torch.equal(high_count, (g < 3).sum(1, dtype=torch.int32))
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (9, 5), (200, 3000)])
+def test_row_minimum_is_the_first_smallest_column(shape):
+    g = _tile(*shape, seed=3)
+    g[-1] = np.inf  # a row with nothing below inf keeps inf and column 0
+    values, index = tile_kernels.row_minimum(g)
+    assert torch.equal(values, g.amin(dim=1))
+    assert torch.equal(index, torch.from_numpy(g.numpy().argmin(axis=1)))  # numpy: the first minimum
+    assert index.dtype == torch.int64
+
+
+def test_kernels_are_safe_from_several_python_threads():
+    g = _tile(256, 1024, seed=5)
+    low, high = torch.full((256,), 2.0), torch.full((256,), 4.0)
+    expected = tile_kernels._torch_counts(g, low, high, 1)
+    failures = []
+
+    def work():
+        for _ in range(20):
+            got = tile_kernels.counts_below(g, low, high, 1)
+            if not all(torch.equal(a, b) for a, b in zip(got, expected)):
+                failures.append(got)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failures
