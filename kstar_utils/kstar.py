@@ -35,6 +35,7 @@ import json
 import math
 import platform
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,8 +73,16 @@ ANN_MIN_IDENTICAL = 0.99
 # sampled row, the misses a batch may show for sampling to stop, and the largest fraction of a class sampled.
 SAMPLE_BATCH = 128
 SAMPLE_TOP = 256
-SAMPLE_MAX_MISSES = 1
+SAMPLE_MAX_MISSES = 0
 SAMPLE_MAX_FRACTION = 0.05
+# The dense pass over the sampled candidates is split by region: a class's rows fall in SAMPLE_CELLS k-means cells,
+# and a candidate serves the cell of each sampled row that found it and its CELL_LISTS nearest cells (not the whole
+# class). Classes below CELL_MIN_ROWS rows keep one cell.
+SAMPLE_CELLS = 8
+CELL_LISTS = 2
+CELL_MIN_ROWS = 4096
+KMEANS_ROWS = 4096  # rows the cells are fitted on (every row is then assigned)
+KMEANS_ITERATIONS = 8
 
 
 def _encode_float(value: float) -> float | str:
@@ -244,30 +253,83 @@ def _offer(data, radius: np.ndarray, rows: torch.Tensor, cols: torch.Tensor, bot
             np.minimum.at(radius, cols.cpu().numpy(), dist)
 
 
+def _class_cells(data, start: int, end: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """k-means cells of the class's rows [start, end): each row's cell and the centroids (centred float32 space).
+
+    Lloyd's iterations on at most KMEANS_ROWS rows, then every row assigned to its nearest centroid; one cell when
+    the class is smaller than CELL_MIN_ROWS or SAMPLE_CELLS is 1."""
+    dim = data.exact.shape[1]
+    x = data.left[start:end, :dim]
+    k = SAMPLE_CELLS if end - start >= max(CELL_MIN_ROWS, 2 * SAMPLE_CELLS) else 1
+    if k <= 1:
+        return torch.zeros(end - start, dtype=torch.int64, device=data.device), x.mean(dim=0, keepdim=True)
+    fit = x[torch.from_numpy(rng.choice(end - start, size=min(end - start, KMEANS_ROWS), replace=False))
+            .to(data.device)]
+    centroids = fit[:k].clone()
+    for _ in range(KMEANS_ITERATIONS):
+        cell = torch.cdist(fit, centroids).argmin(dim=1)
+        sums = torch.zeros_like(centroids).index_add_(0, cell, fit)
+        counts = torch.bincount(cell, minlength=k).to(fit.dtype)[:, None]
+        centroids = torch.where(counts > 0, sums / counts.clamp(min=1), centroids)
+    return torch.cdist(x, centroids).argmin(dim=1), centroids
+
+
+def _nearest_in_cells(data, rows: torch.Tensor, row_cells: torch.Tensor,
+                      cell_sets: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each row, the nearest candidate of its own cell's set (float32 squared distance and sorted index)."""
+    values = torch.full((rows.numel(),), math.inf, dtype=torch.float32, device=data.device)
+    nearest = torch.zeros(rows.numel(), dtype=torch.int64, device=data.device)
+    for c in torch.unique(row_cells).tolist():
+        members = torch.nonzero(row_cells == c, as_tuple=True)[0]
+        values[members], nearest[members] = nearest_among(data, rows[members], cell_sets[c])
+    return values, nearest
+
+
+def _add_lists(data, cell_sets: list[torch.Tensor], lists: torch.Tensor, list_cells: torch.Tensor,
+               centroids: torch.Tensor) -> None:
+    """Add sampled rows' candidate lists (in place): each list to its row's cell, each candidate to its CELL_LISTS
+    nearest cells as well (a foreign sample is nearest to the rows of the region closest to it)."""
+    dim = data.exact.shape[1]
+    new = torch.unique(lists)
+    near = torch.cdist(data.left[new, :dim], centroids).topk(min(CELL_LISTS, len(cell_sets)), dim=1,
+                                                              largest=False).indices
+    cells = torch.cat([list_cells[:, None].expand_as(lists).reshape(-1), near.reshape(-1)])
+    members = torch.cat([lists.reshape(-1), new.repeat_interleave(near.shape[1])])
+    for c in torch.unique(cells).tolist():
+        cell_sets[c] = torch.unique(torch.cat([cell_sets[c], members[cells == c]]))
+
+
 def _sampled_candidates(data, radius: np.ndarray, settled: np.ndarray, rng: np.random.Generator,
-                        exclude: np.ndarray, block_size: int | None) -> dict:
+                        exclude: np.ndarray, block_size: int | None,
+                        stop_after: Callable[[int, int], bool] | None = None) -> dict:
     """Lower every row's candidate radius with the foreign samples that are nearest to *sampled* rows of its class.
 
     Why this works: the nearest foreign samples of a class are few and shared (hubs: at N = 50,000 only about one
     sample in ten is anyone's nearest foreign sample), so the ``SAMPLE_TOP`` nearest foreign samples of a few hundred
-    rows, searched exactly, hold the nearest foreign sample of almost every other row of the class. Rows are sampled
-    in batches of ``SAMPLE_BATCH``; before a batch is added, its rows' exact nearest foreign samples measure the
-    recall of the candidates so far (graph and sample) on fresh rows, under two rules: settled rows keep the graph's
-    candidate, or every row takes the sampled ones too. Sampling stops once a batch has at most ``SAMPLE_MAX_MISSES``
-    misses under either rule (the cheaper first), or at ``SAMPLE_MAX_FRACTION`` of the class (then every row is
-    searched). The rows the rule names take their nearest candidate (one dense product over the candidates),
-    verified in float64 like the graph's. ``exclude``
-    (the audit rows) is never sampled, so the audit measures rows the sample did not see.
+    rows, searched exactly, hold the nearest foreign sample of almost every other row of the class. They are shared
+    by region: the class is cut into k-means cells (``SAMPLE_CELLS``), and a row is offered the candidates of its own
+    cell only (see ``_add_lists``), which shrinks the dense product to a fraction of the class's candidates.
+
+    Rows are sampled in batches of ``SAMPLE_BATCH``; before a batch is added, its rows' exact nearest foreign samples
+    measure the recall of the candidates so far (graph and their cells' sets) on fresh rows, under two rules: settled
+    rows keep the graph's candidate, or every row takes the sampled ones too. Sampling stops once a batch has at most
+    ``SAMPLE_MAX_MISSES`` misses under either rule (the cheaper first), or at ``SAMPLE_MAX_FRACTION`` of the class;
+    then the cells are not trusted (isotropic classes have little locality) and every row takes all of the class's
+    candidates. The rows the rule names take their cell's nearest candidate (one dense product per cell), verified in float64
+    like the graph's. ``exclude`` (the audit rows) is never sampled, so the audit measures rows the sample did not
+    see. ``stop_after(start, end)``, called once a class's rows have their final candidates, may end the work there
+    (``"stopped_early"``): the audit gate does that as soon as the audit is sure to fail.
     """
     block_rows = int(block_size) if block_size else 2 * SAMPLE_BATCH
     excluded = np.zeros(data.n, dtype=bool)
     excluded[exclude] = True
-    sampled, candidates, classes_capped, searched = 0, 0, 0, 0
+    sampled, candidates, classes_capped, searched, pairs = 0, 0, 0, 0, 0
     for s, e in zip(data.starts.tolist(), data.ends.tolist()):
         pool = s + rng.permutation(e - s)
         pool = pool[~excluded[pool]]
         cap = min(len(pool), max(SAMPLE_BATCH, math.ceil(SAMPLE_MAX_FRACTION * (e - s))))
-        found = torch.zeros(0, dtype=torch.int64, device=data.device)
+        cell_of, centroids = _class_cells(data, s, e, rng)
+        cell_sets = [torch.zeros(0, dtype=torch.int64, device=data.device) for _ in range(centroids.shape[0])]
         taken, misses, skip_settled = 0, None, False
         while taken < cap:
             batch = torch.from_numpy(np.sort(pool[taken : min(taken + SAMPLE_BATCH, cap)])).to(data.device)
@@ -275,29 +337,43 @@ def _sampled_candidates(data, radius: np.ndarray, settled: np.ndarray, rng: np.r
             values, indices = foreign_top(data, batch, SAMPLE_TOP, block_rows)
             batch_np = batch.cpu().numpy()
             graph_only = torch.from_numpy(radius[batch_np] ** 2).to(data.device)
-            with_sample = torch.minimum(graph_only, nearest_among(data, batch, found)[0].to(torch.float64))
+            in_cells = _nearest_in_cells(data, batch, cell_of[batch - s], cell_sets)[0]
+            with_sample = torch.minimum(graph_only, in_cells.to(torch.float64))
             open_rows = torch.from_numpy(~settled[batch_np]).to(data.device)
             bound = values[:, 0].to(torch.float64) + 2 * data.eps(batch)  # float32 band: a tie is not a miss
             # the two rules the final pass may use: settled rows keep the graph's candidate, or every row is searched
             misses_settled = int((torch.where(open_rows, with_sample, graph_only) > bound).sum())
             misses = int((with_sample > bound).sum())
-            found = torch.unique(torch.cat([found, indices.flatten()]))
+            _add_lists(data, cell_sets, indices, cell_of[batch - s], centroids)
             _offer(data, radius, batch, indices[:, 0])
             if misses_settled <= SAMPLE_MAX_MISSES or misses <= SAMPLE_MAX_MISSES:
                 skip_settled = misses_settled <= SAMPLE_MAX_MISSES
                 break
         else:
-            classes_capped += int(misses is not None)  # the loop ran out: every batch had too many misses
-        rows = np.arange(s, e)
-        rows = torch.from_numpy(rows[~settled[s:e]] if skip_settled else rows).to(data.device)
-        if found.numel() and rows.numel():
-            _, nearest = nearest_among(data, rows, found)
-            _offer(data, radius, rows, nearest)
-            searched += int(rows.numel())
+            if misses is not None:  # the loop ran out: every batch had too many misses, so the cells are not
+                classes_capped += 1  # trusted and every row takes all of the class's candidates
+                cell_of = torch.zeros_like(cell_of)
+                cell_sets = [torch.unique(torch.cat(cell_sets))]
+        rows = torch.arange(s, e, device=data.device)
+        if skip_settled:
+            rows = rows[torch.from_numpy(~settled[s:e]).to(data.device)]
+        if rows.numel():
+            row_cells = cell_of[rows - s]
+            _, nearest = _nearest_in_cells(data, rows, row_cells, cell_sets)
+            sizes = torch.tensor([c.numel() for c in cell_sets], device=data.device)
+            has = sizes[row_cells] > 0
+            _offer(data, radius, rows[has], nearest[has])
+            searched += int(has.sum())
+            pairs += int(sizes[row_cells].sum())
         sampled += taken
-        candidates += int(found.numel())
+        candidates += int(torch.unique(torch.cat(cell_sets)).numel())
+        if stop_after is not None and stop_after(s, e):
+            stopped = True
+            break
+    else:
+        stopped = False
     return {"sampled_rows": sampled, "sampled_candidates": candidates, "classes_at_sample_cap": classes_capped,
-            "rows_given_sampled_candidates": searched}
+            "rows_given_sampled_candidates": searched, "sampled_candidate_pairs": pairs, "stopped_early": stopped}
 
 
 def _ann_exact_search(data, radius: np.ndarray, block_size: int | None) -> int:
@@ -310,21 +386,42 @@ def _ann_exact_search(data, radius: np.ndarray, block_size: int | None) -> int:
 
 def _ann_kstar(data, n_neighbors: int, seed: int, n_jobs: int | None, block_size: int | None,
                audit_size: int, min_identical: float | None, progress: bool) -> tuple[np.ndarray | None, dict, dict]:
-    """k* (sorted order) from ANN candidates, verified as the module docstring says, audited first.
+    """k* (sorted order) from ANN candidates, verified as the module docstring says, audited.
 
-    The audit rows are drawn first and kept out of the sample, then computed both ways; when ``min_identical`` is
-    given and the audit falls below it, returns None for k* (the caller runs the exact path instead) without doing
-    the full ANN work. The full verification is the exact kernel's same-class pass with the candidate radii as r_p:
-    each same-class pair once.
+    The audit rows are drawn first, kept out of the sample, and their exact k* computed before anything else. When
+    ``min_identical`` is given (``auto``), each class's audit rows are compared as soon as the class's candidates are
+    final, and once more than ``1 - min_identical`` of the audit differs the ANN work stops there: None comes back
+    for k* (the caller runs the exact path) with the audit of the classes done so far. The full verification is the
+    exact kernel's same-class pass with the candidate radii as r_p: each same-class pair once.
     """
     rng = np.random.default_rng(seed)
     size = int(min(max(audit_size, 0), data.n))
     audit_rows = np.sort(rng.choice(data.n, size=size, replace=False)) if size else np.empty(0, dtype=np.int64)
-    radius, settled = _graph_candidates(data, n_neighbors, seed, n_jobs)
-    sample_info = _sampled_candidates(data, radius, settled, rng, audit_rows, block_size)
-    exact_search = _ann_exact_search(data, radius, block_size)
-    ann_audit = 1 + exact_counts(data, audit_rows, radius=radius[audit_rows], block_size=block_size)[0]
     exact_audit = 1 + exact_counts(data, audit_rows, block_size=block_size)[0]
+    radius, settled = _graph_candidates(data, n_neighbors, seed, n_jobs)
+    done = {"rows": 0, "wrong": 0, "classes": 0}
+
+    def audit_gate(start: int, end: int) -> bool:
+        """Compare the class's audit rows now (a row still without a candidate gets the exact search later, so it
+        counts as identical); True once the audit can no longer pass."""
+        mine = np.flatnonzero((audit_rows >= start) & (audit_rows < end))
+        found = mine[np.isfinite(radius[audit_rows[mine]])]
+        if found.size:
+            got = 1 + exact_counts(data, audit_rows[found], radius=radius[audit_rows[found]], block_size=block_size)[0]
+            done["wrong"] += int(np.count_nonzero(got != exact_audit[found]))
+        done["rows"] += int(mine.size)
+        done["classes"] += 1
+        return done["wrong"] > (1 - min_identical) * size
+
+    gate = audit_gate if min_identical is not None and size else None
+    sample_info = _sampled_candidates(data, radius, settled, rng, audit_rows, block_size, stop_after=gate)
+    info = {"n_neighbors": int(min(n_neighbors, data.n - 1)), **sample_info}
+    if sample_info["stopped_early"]:
+        audit = {"size": done["rows"], "fraction_identical": 1 - done["wrong"] / max(done["rows"], 1),
+                 "seed": seed, "stopped_after_classes": done["classes"], "classes": len(data.starts)}
+        return None, audit, {**info, "exact_search_samples": 0}
+    info["exact_search_samples"] = _ann_exact_search(data, radius, block_size)
+    ann_audit = 1 + exact_counts(data, audit_rows, radius=radius[audit_rows], block_size=block_size)[0]
     diff = np.abs(ann_audit - exact_audit)
     audit = {
         "size": size,
@@ -333,7 +430,6 @@ def _ann_kstar(data, n_neighbors: int, seed: int, n_jobs: int | None, block_size
         "mean_abs_difference": float(diff.mean()) if size else 0.0,
         "seed": seed,
     }
-    info = {"n_neighbors": int(min(n_neighbors, data.n - 1)), "exact_search_samples": exact_search, **sample_info}
     if min_identical is not None and size and audit["fraction_identical"] < min_identical:
         return None, audit, info
     kstar = 1 + exact_counts(data, radius=radius, block_size=block_size, progress=progress)[0]
@@ -396,9 +492,11 @@ def compute_kstar(
         kstar_sorted, audit, extra = _ann_kstar(data, n_neighbors, seed, n_jobs, block_size, audit_size,
                                                 ANN_MIN_IDENTICAL if method == "auto" else None, progress)
         if kstar_sorted is None:
+            where = (f" in the first {audit['stopped_after_classes']} of {audit['classes']} classes, where the ANN "
+                     "work stopped" if "stopped_after_classes" in audit else "")
             warnings.warn(
                 f"the ANN audit found only {audit['fraction_identical']:.1%} of {audit['size']} sampled k* identical "
-                f"to exact (below {ANN_MIN_IDENTICAL:.0%}); computing exact k* instead.", ANNAccuracyWarning,
+                f"to exact{where} (below {ANN_MIN_IDENTICAL:.0%}); computing exact k* instead.", ANNAccuracyWarning,
                 stacklevel=2)
             extra["ann_fallback"] = True
             resolved = "exact"

@@ -614,20 +614,33 @@ FOREIGN_TOP_BYTES = 64 * 2**20  # float32 distances of whole rows held at once b
 def foreign_top(data: ClassSortedFeatures, rows: torch.Tensor, m: int,
                 block_rows: int = MIN_BLOCK_ROWS) -> tuple[torch.Tensor, torch.Tensor]:
     """float32 squared distances and sorted indices of the ``m`` nearest foreign samples of each given sorted row,
-    nearest first (an exact search over every foreign column: the ANN path's sampled rows).
+    nearest first (an exact search over every foreign column: the ANN path's sampled rows). ``m`` is cut to the
+    fewest foreign samples any of the rows has, so that every index returned is foreign.
 
-    Whole rows at a time (at most FOREIGN_TOP_BYTES): one top-m over a whole row is several times faster than a
+    Rows are taken by class, a few at a time (at most FOREIGN_TOP_BYTES of distances): the foreign columns of class
+    [s, e) are the two ranges [0, s) and [e, N), each multiplied and cut to its top-m, then merged. That skips the
+    class's own columns instead of masking them, and one top-m over a whole range is several times faster than a
     top-m per tile merged across tiles (measured here: 40 ms against 290 ms for 128 rows of 70,000)."""
-    m = int(min(m, data.n - 1))
+    row_codes = data.codes[rows.cpu().numpy()]
+    sizes = data.ends - data.starts
+    m = int(min(m, data.n - sizes[np.unique(row_codes)].max())) if rows.numel() else int(m)
     values = torch.empty((rows.numel(), m), dtype=torch.float32, device=data.device)
     indices = torch.empty((rows.numel(), m), dtype=torch.int64, device=data.device)
     step = max(1, min(int(block_rows), FOREIGN_TOP_BYTES // (4 * data.n)))
     with full_float32_precision(), torch.inference_mode():
-        for lo in range(0, rows.numel(), step):
-            part = rows[lo : lo + step]
-            g = data.left[part] @ data.right.T
-            g.masked_fill_(data.codes_t[None, :] == data.codes_t[part, None], math.inf)
-            values[lo : lo + step], indices[lo : lo + step] = g.topk(m, dim=1, largest=False)
+        for code in np.unique(row_codes):
+            members = torch.from_numpy(np.flatnonzero(row_codes == code)).to(data.device)
+            ranges = [(a, b) for a, b in ((0, int(data.starts[code])), (int(data.ends[code]), data.n)) if b > a]
+            for lo in range(0, members.numel(), step):
+                out = members[lo : lo + step]
+                left = data.left[rows[out]]
+                parts = [(left @ data.right[a:b].T).topk(min(m, b - a), dim=1, largest=False) for a, b in ranges]
+                v = torch.cat([p.values for p in parts], dim=1)
+                i = torch.cat([p.indices + a for p, (a, _) in zip(parts, ranges)], dim=1)
+                if len(parts) > 1:
+                    v, pick = v.topk(m, dim=1, largest=False)
+                    i = i.gather(1, pick)
+                values[out], indices[out] = v, i
     return values, indices
 
 

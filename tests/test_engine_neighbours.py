@@ -189,6 +189,25 @@ def test_foreign_top_returns_the_m_nearest_foreign_samples_in_order(m, monkeypat
         np.testing.assert_allclose(d2[i], v, rtol=1e-4, atol=1e-4)
 
 
+def test_foreign_top_cuts_m_to_the_foreign_samples_there_are():
+    """A class with fewer foreign samples than m asked for: m is cut, and no same-class index is ever returned."""
+    from kstar_utils.neighbours import foreign_top
+
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(60, 3))
+    y = np.array([0] * 50 + [1] * 6 + [2] * 4)  # class 0 has 10 foreign samples, class 2 has 56
+    data = sort_by_class(x, y, torch.device("cpu"))
+    rows = torch.tensor([0, 7, 52, 58])  # rows of classes 0, 0, 1, 2
+    values, indices = foreign_top(data, rows, 256)
+    assert values.shape == (4, 10)
+    codes = data.codes
+    assert all(np.all(codes[i] != codes[r]) for r, i in zip(rows.numpy(), indices.numpy()))
+    assert np.all(np.isfinite(values.numpy()))
+    np.testing.assert_array_equal(np.sort(indices[0].numpy()), np.arange(50, 60))
+    only_class_2 = foreign_top(data, torch.tensor([58]), 256)[1]
+    assert only_class_2.shape == (1, 56) and len(set(only_class_2[0].tolist())) == 56
+
+
 def test_nearest_among_picks_the_nearest_candidate_column():
     from kstar_utils.neighbours import nearest_among
 

@@ -133,7 +133,113 @@ def test_auto_falls_back_to_exact_when_the_audit_fails(monkeypatch):
         auto = compute_kstar(x, y, method="auto", n_neighbors=2, n_jobs=1, audit_size=200)
     assert auto.method == "exact" and auto.params["ann_fallback"] is True
     assert auto.audit["fraction_identical"] < 0.99
+    # the gate stopped the ANN work after the first class: its audit rows alone already failed it
+    assert auto.audit["stopped_after_classes"] == 1 and auto.audit["classes"] == 5
+    assert 0 < auto.audit["size"] < 200 and auto.params["stopped_early"] is True
     np.testing.assert_array_equal(auto.kstar, compute_kstar(x, y, method="exact").kstar)
     with pytest.warns(ANNAccuracyWarning, match="hard for the neighbour graph"):
         ann = compute_kstar(x, y, method="ann", n_neighbors=2, n_jobs=1, audit_size=200)
     assert ann.method == "ann"
+
+
+def _two_blob_classes(n_per_blob: int = 300) -> tuple[np.ndarray, np.ndarray]:
+    """Each of three classes is two tight blobs far apart (a fractured concept in space): cells must split them."""
+    rng = np.random.default_rng(11)
+    centres = np.array([[0, 0], [0, 40], [8, 0], [8, 40], [16, 0], [16, 40]], dtype=float)
+    blob = np.repeat(np.arange(6), n_per_blob)
+    x = np.hstack([centres[blob], np.zeros((len(blob), 2))]) + rng.normal(size=(len(blob), 4))
+    return x, blob // 2
+
+
+def test_class_cells_split_a_class_by_region_and_small_classes_keep_one_cell(monkeypatch):
+    import kstar_utils.kstar as kstar_module
+    from kstar_utils.neighbours import resolve_device, sort_by_class
+
+    x, y = _two_blob_classes()
+    data = sort_by_class(x, y, resolve_device("cpu"))
+    s, e = int(data.starts[0]), int(data.ends[0])
+    cells, centroids = kstar_module._class_cells(data, s, e, np.random.default_rng(0))
+    assert cells.shape == (e - s,) and centroids.shape == (1, 4)  # 600 rows < CELL_MIN_ROWS: one cell
+    assert int(cells.max()) == 0
+    monkeypatch.setattr(kstar_module, "CELL_MIN_ROWS", 100)
+    monkeypatch.setattr(kstar_module, "SAMPLE_CELLS", 4)
+    cells, centroids = kstar_module._class_cells(data, s, e, np.random.default_rng(0))
+    assert centroids.shape == (4, 4) and int(cells.min()) >= 0 and int(cells.max()) < 4
+    upper = data.exact[s:e, 1].numpy() > 20  # which blob each row is in
+    for c in np.unique(cells.numpy()):  # no cell mixes the two blobs
+        assert len(np.unique(upper[cells.numpy() == c])) == 1
+
+
+def test_candidate_lists_go_to_their_rows_cell_and_to_the_candidates_nearest_cells(monkeypatch):
+    import torch
+
+    import kstar_utils.kstar as kstar_module
+    from kstar_utils.neighbours import resolve_device, sort_by_class
+
+    monkeypatch.setattr(kstar_module, "CELL_LISTS", 1)
+    x = np.array([[0.0, 0], [10, 0], [0, 10], [9, 1], [1, 9]])
+    data = sort_by_class(x, np.array([0, 0, 0, 1, 1]), resolve_device("cpu"))  # already in class order
+    centroids = data.left[0:3, :2].clone()  # cells around (0, 0), (10, 0) and (0, 10)
+    sets = [torch.zeros(0, dtype=torch.int64) for _ in range(3)]
+    kstar_module._add_lists(data, sets, torch.tensor([[3, 4]]), torch.tensor([0]), centroids)
+    assert sets[0].tolist() == [3, 4]  # the sampled row's own cell takes its whole list
+    assert sets[1].tolist() == [3] and sets[2].tolist() == [4]  # each candidate its nearest cell
+    kstar_module._add_lists(data, sets, torch.tensor([[4]]), torch.tensor([1]), centroids)
+    assert sets[1].tolist() == [3, 4] and sets[2].tolist() == [4]  # sets stay unique and sorted
+
+
+def test_cells_shrink_the_dense_product_and_keep_k_star_exact(monkeypatch):
+    """Fractured classes with cells on: each blob's rows take their own cell's candidates only; k* stays exact."""
+    import kstar_utils.kstar as kstar_module
+
+    monkeypatch.setattr(kstar_module, "CELL_MIN_ROWS", 100)
+    monkeypatch.setattr(kstar_module, "SAMPLE_CELLS", 4)
+    monkeypatch.setattr(kstar_module, "SAMPLE_MAX_FRACTION", 0.5)
+    x, y = _two_blob_classes()
+    ann = compute_kstar(x, y, method="ann", n_neighbors=5, n_jobs=1, audit_size=100)
+    np.testing.assert_array_equal(ann.kstar, compute_kstar(x, y, method="exact").kstar)
+    rows = ann.params["rows_given_sampled_candidates"]
+    assert 0 < ann.params["sampled_candidate_pairs"] < rows * ann.params["sampled_candidates"] / 3
+
+
+def test_a_class_at_the_sample_cap_gives_every_row_all_of_its_candidates(monkeypatch):
+    """When sampling runs out before a covered batch, cells are not trusted: each row takes the whole class's set."""
+    import torch
+
+    import kstar_utils.kstar as kstar_module
+    from kstar_utils.neighbours import resolve_device, sort_by_class
+
+    monkeypatch.setattr(kstar_module, "CELL_MIN_ROWS", 100)
+    monkeypatch.setattr(kstar_module, "SAMPLE_CELLS", 4)
+    x, y = _two_blob_classes()
+    data = sort_by_class(x, y, resolve_device("cpu"))
+    lists = {}
+    real_top = kstar_module.foreign_top
+
+    def recording_top(d, rows, *a):
+        values, indices = real_top(d, rows, *a)
+        code = int(d.codes[int(rows[0])])
+        lists[code] = torch.unique(torch.cat([lists.get(code, indices.flatten()), indices.flatten()]))
+        return values, indices
+
+    monkeypatch.setattr(kstar_module, "foreign_top", recording_top)
+    radius = np.full(data.n, np.inf)
+    # the default cap (5% of 600 rows, at least one batch) stops every class after its first batch: capped
+    info = kstar_module._sampled_candidates(data, radius, np.zeros(data.n, dtype=bool), np.random.default_rng(0),
+                                            np.empty(0, dtype=np.int64), None)
+    assert info["classes_at_sample_cap"] == 3
+    assert info["rows_given_sampled_candidates"] == data.n
+    sizes = data.ends - data.starts
+    assert info["sampled_candidate_pairs"] == sum(int(sizes[c]) * lists[c].numel() for c in range(3))
+    assert np.isfinite(radius).all()
+
+
+def test_auto_keeps_the_ann_result_when_every_class_passes_the_audit_gate(monkeypatch):
+    import kstar_utils.kstar as kstar_module
+
+    monkeypatch.setattr(kstar_module, "AUTO_EXACT_MAX_WORK", 0.0)
+    x, y = _far_apart_clusters()
+    auto = compute_kstar(x, y, method="auto", n_neighbors=5, n_jobs=1, audit_size=100)
+    assert auto.method == "ann" and auto.params["stopped_early"] is False
+    assert auto.audit["size"] == 100 and auto.audit["fraction_identical"] == 1.0
+    np.testing.assert_array_equal(auto.kstar, compute_kstar(x, y, method="exact").kstar)
