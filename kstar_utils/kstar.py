@@ -9,8 +9,9 @@ samples, proposed two ways:
 * a seeded pynndescent graph: every graph edge, in both directions, that joins two classes. In a fractured or
   overlapped concept the nearest foreign sample is among a sample's nearest neighbours, and the graph finds it;
 * sampled rows: per class, rows drawn at random (never the audit's) are searched exactly for their ``SAMPLE_TOP``
-  nearest foreign samples, and these serve as candidates for the whole class. Inside a clustered concept the nearest
-  foreign samples are few and shared by many samples (hubs), so a few hundred sampled rows cover almost every row.
+  nearest foreign samples, and these serve as candidates for the rows of the same region (k-means cells of the
+  class). Inside a clustered concept the nearest foreign samples are few and shared by many samples (hubs), so a few
+  hundred sampled rows cover almost every row.
   Sampling goes on, a batch at a time, until a fresh batch finds the candidates so far covering all but
   ``SAMPLE_MAX_MISSES`` of its rows (a measured recall), or until ``SAMPLE_MAX_FRACTION`` of the class. A graph
   candidate no farther than the sample's own k-th graph neighbour is *settled*: when a fresh batch shows settled
@@ -25,7 +26,8 @@ Then
   exact one runs instead (recorded as ``params["ann_fallback"]``); under ``method="ann"`` it raises a warning.
 The only possible error is a missed nearest foreign neighbour (r_p too large, so k* too large); the audit measures how
 often that happens. ``method="auto"`` picks exact while N^2 * D <= ``AUTO_EXACT_MAX_WORK`` (from the benchmark in
-``benchmarks/bench_kstar.py``) and ANN above it.
+``benchmarks/bench_kstar.py``) and ANN above it; there the audit is checked class by class, and the ANN work stops as
+soon as the audit is sure to fail.
 """
 
 from __future__ import annotations
@@ -57,11 +59,12 @@ from .neighbours import (
 )
 from .validation import METHODS, check_choice, check_count, check_fraction, check_inputs, check_number
 
-# N^2 * D above which method="auto" uses ANN. Measured (benchmarks/bench_kstar.py parts 3 and 5, README,
-# Performance), ANN / exact speed-up on data (a) at D = 128: 0.44x at N = 25,000, 0.60x at 50,000, 0.75x at 100,000,
-# 0.95x at 200,000: it gains about 0.17 per doubling of N and crosses 1 near N = 250,000. Exact has no error at all,
-# so "auto" waits until the trend gives ANN about 1.3x: N = 800,000 at D = 128, N^2 * D = 8.2e13.
-AUTO_EXACT_MAX_WORK = 8.0e13
+# N^2 * D above which method="auto" uses ANN. Measured (benchmarks/bench_kstar.py parts 3 and 5, two runs, README,
+# Performance), ANN / exact speed-up on data (a) at D = 128: 0.44-0.48x at N = 25,000, 0.55-0.68x at 50,000,
+# 0.66-0.77x at 100,000 and 1.45x at 200,000 (where the k-means cells pay off: classes of 20,000 rows). Exact has no
+# error at all, and on isotropic data ANN fails its audit (then the gate stops it part-way and exact runs), so "auto"
+# waits for twice that size: N = 400,000 at D = 128, N^2 * D = 2e13.
+AUTO_EXACT_MAX_WORK = 2.0e13
 # The graph only has to find the nearest foreign samples of samples near another class (the sampled rows find the
 # others): 15 neighbours did that at N = 200,000 in half the time of 30 (benchmarks/bench_kstar.py, README).
 DEFAULT_N_NEIGHBORS = 15

@@ -563,6 +563,13 @@ def _label_column(ax: plt.Axes, pts: pd.DataFrame, x: str, y: str, label: str, f
                     arrowprops={"arrowstyle": "-", "lw": 0.5, "color": "0.6", "shrinkA": 0, "shrinkB": 3})
 
 
+def seed_grouping(frame: pd.DataFrame) -> dict:
+    """The ``config`` and ``units`` arguments of :func:`gamma_regions` for a results table: with several seeds, each
+    configuration is one point (its seeds' mean and range), as the verdicts count them; otherwise each model is."""
+    grouped = "seed" in frame and frame["seed"].nunique() > 1
+    return {"config": "config" if grouped else None, "units": "model-seed pairs" if grouped else "models"}
+
+
 def gamma_regions(frame: pd.DataFrame, x: str, y: str = "gamma_prime", hue: str | None = None,
                   label: str | None = "model", threshold: float = metrics.DEFAULT_THRESHOLD,
                   xlabel: str | None = None, title: str | None = None, ax: plt.Axes | None = None,

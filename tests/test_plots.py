@@ -360,3 +360,15 @@ def test_fracture_gallery_rejects_unusable_images(rng):
 
 def test_region_colours_match_metrics_patterns():
     assert set(plots.REGION_FILL) == set(metrics.PATTERNS)
+
+
+def test_seed_grouping_groups_by_configuration_only_with_several_seeds():
+    import pandas as pd
+
+    from kstar_utils import plots
+
+    one_seed = pd.DataFrame({"config": ["a", "b"], "seed": [0, 0]})
+    several = pd.DataFrame({"config": ["a", "a", "b"], "seed": [0, 1, 0]})
+    assert plots.seed_grouping(one_seed) == {"config": None, "units": "models"}
+    assert plots.seed_grouping(pd.DataFrame({"config": ["a"]})) == {"config": None, "units": "models"}
+    assert plots.seed_grouping(several) == {"config": "config", "units": "model-seed pairs"}

@@ -122,15 +122,10 @@ def index_figures(results: Results) -> list[dict]:
     """The summary figures of the index: Gamma' against robustness and against generalisation."""
     from .. import plots
 
-    def seeds(frame: pd.DataFrame) -> dict:
-        """Group seeds by configuration, as Figures 3 and 4 and the verdicts do: one correlation, one interval."""
-        grouped = "seed" in frame and frame["seed"].nunique() > 1
-        return {"config": "config" if grouped else None, "units": "model-seed pairs" if grouped else "models"}
-
     figures = []
     rob = results.table("robustness")
     if not rob.empty:
-        fig = plots.gamma_regions(rob, "robust_accuracy", hue="threat_model", **seeds(rob),
+        fig = plots.gamma_regions(rob, "robust_accuracy", hue="threat_model", **plots.seed_grouping(rob),
                                   xlabel=results.summary.get("x_labels", {}).get("robustness", "robust accuracy"),
                                   title="Gamma' against robustness")
         figures.append({"png": png(fig), "alt": alt_text(fig, "Gamma' of each robust model against its robust "
@@ -138,7 +133,7 @@ def index_figures(results: Results) -> list[dict]:
                                                               "regions")})
     gen = results.table("generalisation")
     if not gen.empty:
-        fig = plots.gamma_regions(gen, "accuracy", hue="set", label=None, **seeds(gen),
+        fig = plots.gamma_regions(gen, "accuracy", hue="set", label=None, **plots.seed_grouping(gen),
                                   xlabel=results.summary.get("x_labels", {}).get("generalisation", "accuracy"),
                                   title="Gamma' against generalisation")
         figures.append({"png": png(fig), "alt": alt_text(fig, "Gamma' of each model on each data set against its "
