@@ -402,7 +402,7 @@ def _ann_kstar(data, n_neighbors: int, seed: int, n_jobs: int | None, block_size
     audit_rows = np.sort(rng.choice(data.n, size=size, replace=False)) if size else np.empty(0, dtype=np.int64)
     exact_audit = 1 + exact_counts(data, audit_rows, block_size=block_size)[0]
     radius, settled = _graph_candidates(data, n_neighbors, seed, n_jobs)
-    done = {"rows": 0, "wrong": 0, "classes": 0}
+    done = {"rows": 0, "wrong": 0, "classes": 0, "differences": []}
 
     def audit_gate(start: int, end: int) -> bool:
         """Compare the class's audit rows now (a row still without a candidate gets the exact search later, so it
@@ -412,6 +412,7 @@ def _ann_kstar(data, n_neighbors: int, seed: int, n_jobs: int | None, block_size
         if found.size:
             got = 1 + exact_counts(data, audit_rows[found], radius=radius[audit_rows[found]], block_size=block_size)[0]
             done["wrong"] += int(np.count_nonzero(got != exact_audit[found]))
+            done["differences"].append(np.abs(got - exact_audit[found]))
         done["rows"] += int(mine.size)
         done["classes"] += 1
         return done["wrong"] > (1 - min_identical) * size
@@ -420,7 +421,10 @@ def _ann_kstar(data, n_neighbors: int, seed: int, n_jobs: int | None, block_size
     sample_info = _sampled_candidates(data, radius, settled, rng, audit_rows, block_size, stop_after=gate)
     info = {"n_neighbors": int(min(n_neighbors, data.n - 1)), **sample_info}
     if sample_info["stopped_early"]:
+        diff = np.concatenate(done["differences"] or [np.zeros(0, dtype=np.int64)])
         audit = {"size": done["rows"], "fraction_identical": 1 - done["wrong"] / max(done["rows"], 1),
+                 "max_abs_difference": int(diff.max()) if diff.size else 0,
+                 "mean_abs_difference": float(diff.sum() / max(done["rows"], 1)),
                  "seed": seed, "stopped_after_classes": done["classes"], "classes": len(data.starts)}
         return None, audit, {**info, "exact_search_samples": 0}
     info["exact_search_samples"] = _ann_exact_search(data, radius, block_size)

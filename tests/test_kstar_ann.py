@@ -136,6 +136,7 @@ def test_auto_falls_back_to_exact_when_the_audit_fails(monkeypatch):
     # the gate stopped the ANN work after the first class: its audit rows alone already failed it
     assert auto.audit["stopped_after_classes"] == 1 and auto.audit["classes"] == 5
     assert 0 < auto.audit["size"] < 200 and auto.params["stopped_early"] is True
+    assert auto.audit["max_abs_difference"] > 0 and auto.audit["mean_abs_difference"] > 0
     np.testing.assert_array_equal(auto.kstar, compute_kstar(x, y, method="exact").kstar)
     with pytest.warns(ANNAccuracyWarning, match="hard for the neighbour graph"):
         ann = compute_kstar(x, y, method="ann", n_neighbors=2, n_jobs=1, audit_size=200)
@@ -243,3 +244,23 @@ def test_auto_keeps_the_ann_result_when_every_class_passes_the_audit_gate(monkey
     assert auto.method == "ann" and auto.params["stopped_early"] is False
     assert auto.audit["size"] == 100 and auto.audit["fraction_identical"] == 1.0
     np.testing.assert_array_equal(auto.kstar, compute_kstar(x, y, method="exact").kstar)
+
+
+def test_cli_reports_the_audit_of_a_fallback_that_stopped_early(tmp_path, monkeypatch, capsys):
+    """`kstar compute --method auto` on data where ANN fails: the audit line names the audited samples and the
+    largest difference, even though the audit stopped after the first class."""
+    import kstar_utils.kstar as kstar_module
+    from kstar_utils.cli import main
+    from kstar_utils.synthetic import gaussian_classes
+
+    x, y = gaussian_classes(1500, 64, 5, separation=0.3, seed=4)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    monkeypatch.setattr(kstar_module, "AUTO_EXACT_MAX_WORK", 0.0)
+    monkeypatch.setattr(kstar_module, "SAMPLE_BATCH", 0)
+    monkeypatch.setattr(kstar_module, "SAMPLE_MAX_FRACTION", 0.0)
+    with pytest.warns(kstar_module.ANNAccuracyWarning, match="where the ANN work stopped"):
+        assert main(["compute", str(tmp_path / "x.npy"), str(tmp_path / "y.npy"), "--out", str(tmp_path / "out"),
+                     "--n-neighbors", "2", "--audit-size", "200", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "(exact," in out and "ANN audit:" in out and "largest difference" in out
