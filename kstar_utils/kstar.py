@@ -316,12 +316,13 @@ def _sampled_candidates(data, radius: np.ndarray, settled: np.ndarray, rng: np.r
     Rows are sampled in batches of ``SAMPLE_BATCH``; before a batch is added, its rows' exact nearest foreign samples
     measure the recall of the candidates so far (graph and their cells' sets) on fresh rows, under two rules: settled
     rows keep the graph's candidate, or every row takes the sampled ones too. Sampling stops once a batch has at most
-    ``SAMPLE_MAX_MISSES`` misses under either rule (the cheaper first), or at ``SAMPLE_MAX_FRACTION`` of the class;
-    then the cells are not trusted (isotropic classes have little locality) and every row takes all of the class's
-    candidates. The rows the rule names take their cell's nearest candidate (one dense product per cell), verified in float64
-    like the graph's. ``exclude`` (the audit rows) is never sampled, so the audit measures rows the sample did not
-    see. ``stop_after(start, end)``, called once a class's rows have their final candidates, may end the work there
-    (``"stopped_early"``): the audit gate does that as soon as the audit is sure to fail.
+    ``SAMPLE_MAX_MISSES`` misses under either rule (the cheaper first), or at ``SAMPLE_MAX_FRACTION`` of the class.
+    A class stopped by that cap does not trust its cells (isotropic classes have little locality): every row takes
+    all of the class's candidates. The rows the rule names take their cell's nearest candidate (one dense product
+    per cell), verified in float64 like the graph's. ``exclude`` (the audit rows) is never sampled, so the audit
+    measures rows the sample did not see. ``stop_after(start, end)``, called once a class's rows have their final
+    candidates, may end the work there (``"stopped_early"``): the audit gate does that as soon as the audit is sure
+    to fail.
     """
     block_rows = int(block_size) if block_size else 2 * SAMPLE_BATCH
     excluded = np.zeros(data.n, dtype=bool)
