@@ -44,7 +44,7 @@ import torch
 from tqdm import tqdm
 
 from .errors import KStarInputError
-from .tile_kernels import counts_below, row_minimum
+from .tile_kernels import counts_below, row_minimum, torch_threads_kept
 
 UNIT_ROUNDOFF_FP32 = 2.0**-24
 DEFAULT_BLOCK_BYTES = 8 * 2**20  # used by default_block_size (the row-wise paths' rows per block)
@@ -693,14 +693,15 @@ def ann_neighbour_graph(
 
     if n_jobs is None:
         n_jobs = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    index = NNDescent(
-        np.ascontiguousarray(features, dtype=np.float32),
-        metric="euclidean",
-        n_neighbors=int(min(n_neighbors, len(features) - 1)),
-        random_state=seed,
-        n_jobs=n_jobs,
-        low_memory=True,
-        compressed=True,
-    )
-    indices, _ = index.neighbor_graph
+    with torch_threads_kept():  # pynndescent is parallel numba code too
+        index = NNDescent(
+            np.ascontiguousarray(features, dtype=np.float32),
+            metric="euclidean",
+            n_neighbors=int(min(n_neighbors, len(features) - 1)),
+            random_state=seed,
+            n_jobs=n_jobs,
+            low_memory=True,
+            compressed=True,
+        )
+        indices, _ = index.neighbor_graph
     return indices

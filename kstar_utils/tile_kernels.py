@@ -14,7 +14,9 @@ Every function takes a 2-D float32 tile and returns torch tensors on the tile's 
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -91,9 +93,22 @@ def _numpy(t: torch.Tensor) -> np.ndarray:
 
 def _run(name: str, *args) -> None:
     """Run a kernel on as many threads as torch uses (the pipeline's workers set that share), one call at a time."""
-    with _LOCK:
+    with _LOCK, torch_threads_kept():
         set_num_threads(max(1, min(torch.get_num_threads(), config.NUMBA_NUM_THREADS)))
         _KERNELS[name](*args)
+
+
+@contextlib.contextmanager
+def torch_threads_kept() -> Iterator[None]:
+    """Restore torch's thread count after numba code. numba's OpenMP pool and torch's share the OpenMP library, and a
+    parallel numba launch sets its thread count to numba's (all cores) in the calling thread: measured here, torch set
+    to 1 thread then ran on 2 in a Dask worker, which oversubscribed the cores shared by the workers."""
+    threads = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
 
 
 def _torch_counts(g: torch.Tensor, low: torch.Tensor, high: torch.Tensor, dim: int) -> tuple[torch.Tensor, ...]:
