@@ -80,9 +80,6 @@ def _row_min(g, out_value, out_index):  # pragma: no cover - compiled
         out_index[i] = at
 
 
-_KERNELS = {"row_counts": _row_counts, "column_counts": _column_counts, "row_min": _row_min}
-
-
 def _use_numba(g: torch.Tensor) -> bool:
     return g.device.type == "cpu" and g.dtype == torch.float32 and g.dim() == 2 and g.numel() > 0
 
@@ -91,11 +88,11 @@ def _numpy(t: torch.Tensor) -> np.ndarray:
     return t.detach().contiguous().numpy()
 
 
-def _run(name: str, *args) -> None:
+def _run(kernel, *args) -> None:
     """Run a kernel on as many threads as torch uses (the pipeline's workers set that share), one call at a time."""
     with _LOCK, torch_threads_kept():
         set_num_threads(max(1, min(torch.get_num_threads(), config.NUMBA_NUM_THREADS)))
-        _KERNELS[name](*args)
+        kernel(*args)
 
 
 @contextlib.contextmanager
@@ -127,9 +124,9 @@ def counts_below(g: torch.Tensor, low: torch.Tensor, high: torch.Tensor, dim: in
     out_high = torch.empty(size, dtype=torch.int32)
     tile, a, b = _numpy(g), _numpy(low.reshape(-1)), _numpy(high.reshape(-1))
     if dim == 1:
-        _run("row_counts", tile, a, b, out_low.numpy(), out_high.numpy())
+        _run(_row_counts, tile, a, b, out_low.numpy(), out_high.numpy())
     else:
-        _run("column_counts", tile, a, b, out_low.numpy(), out_high.numpy(), max(1, torch.get_num_threads()))
+        _run(_column_counts, tile, a, b, out_low.numpy(), out_high.numpy(), max(1, torch.get_num_threads()))
     return out_low, out_high
 
 
@@ -140,5 +137,5 @@ def row_minimum(g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return g.min(dim=1)
     values = torch.empty(g.shape[0], dtype=torch.float32)
     index = torch.empty(g.shape[0], dtype=torch.int64)
-    _run("row_min", _numpy(g), values.numpy(), index.numpy())
+    _run(_row_min, _numpy(g), values.numpy(), index.numpy())
     return values, index
