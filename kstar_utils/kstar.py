@@ -36,6 +36,7 @@ import functools
 import json
 import math
 import platform
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -397,12 +398,27 @@ def _ann_kstar(data, n_neighbors: int, seed: int, n_jobs: int | None, block_size
     final, and once more than ``1 - min_identical`` of the audit differs the ANN work stops there: None comes back
     for k* (the caller runs the exact path) with the audit of the classes done so far. The full verification is the
     exact kernel's same-class pass with the candidate radii as r_p: each same-class pair once.
+
+    ``info["ann_phase_seconds"]`` says where the time went: the audit rows' exact k*, the pynndescent graph, the
+    sampled candidates (with the gated audit), the ANN audit and the final verification. The graph, the verification
+    and the audits do not depend on how candidates are found, so exact time over their sum is the most any candidate
+    search could gain here (benchmarks/bench_kstar.py prints it).
     """
     rng = np.random.default_rng(seed)
+    phases: dict[str, float] = {}
+    clock = [time.perf_counter()]
+
+    def lap(name: str) -> None:
+        now = time.perf_counter()
+        phases[name] = round(now - clock[0], 3)
+        clock[0] = now
+
     size = int(min(max(audit_size, 0), data.n))
     audit_rows = np.sort(rng.choice(data.n, size=size, replace=False)) if size else np.empty(0, dtype=np.int64)
     exact_audit = 1 + exact_counts(data, audit_rows, block_size=block_size)[0]
+    lap("exact_audit")
     radius, settled = _graph_candidates(data, n_neighbors, seed, n_jobs)
+    lap("graph")
     done = {"rows": 0, "wrong": 0, "classes": 0, "differences": []}
 
     def audit_gate(start: int, end: int) -> bool:
@@ -420,7 +436,8 @@ def _ann_kstar(data, n_neighbors: int, seed: int, n_jobs: int | None, block_size
 
     gate = audit_gate if min_identical is not None and size else None
     sample_info = _sampled_candidates(data, radius, settled, rng, audit_rows, block_size, stop_after=gate)
-    info = {"n_neighbors": int(min(n_neighbors, data.n - 1)), **sample_info}
+    lap("sampled_candidates")
+    info = {"n_neighbors": int(min(n_neighbors, data.n - 1)), **sample_info, "ann_phase_seconds": phases}
     if sample_info["stopped_early"]:
         diff = np.concatenate(done["differences"] or [np.zeros(0, dtype=np.int64)])
         audit = {"size": done["rows"], "fraction_identical": 1 - done["wrong"] / max(done["rows"], 1),
@@ -429,7 +446,9 @@ def _ann_kstar(data, n_neighbors: int, seed: int, n_jobs: int | None, block_size
                  "seed": seed, "stopped_after_classes": done["classes"], "classes": len(data.starts)}
         return None, audit, {**info, "exact_search_samples": 0}
     info["exact_search_samples"] = _ann_exact_search(data, radius, block_size)
+    lap("exact_search")
     ann_audit = 1 + exact_counts(data, audit_rows, radius=radius[audit_rows], block_size=block_size)[0]
+    lap("ann_audit")
     diff = np.abs(ann_audit - exact_audit)
     audit = {
         "size": size,
@@ -441,6 +460,7 @@ def _ann_kstar(data, n_neighbors: int, seed: int, n_jobs: int | None, block_size
     if min_identical is not None and size and audit["fraction_identical"] < min_identical:
         return None, audit, info
     kstar = 1 + exact_counts(data, radius=radius, block_size=block_size, progress=progress)[0]
+    lap("verification")
     return kstar, audit, info
 
 

@@ -456,7 +456,11 @@ def embedding_scatter(features: np.ndarray, labels: Sequence, method: str = "tsn
     elif method == "umap":
         import umap
 
-        xy = umap.UMAP(n_components=2, random_state=seed, n_neighbors=min(15, len(x) - 1), n_jobs=1).fit_transform(x)
+        from .tile_kernels import torch_threads_kept  # umap is numba code: keep the caller's torch thread count
+
+        with torch_threads_kept():
+            xy = umap.UMAP(n_components=2, random_state=seed, n_neighbors=min(15, len(x) - 1),
+                           n_jobs=1).fit_transform(x)
     else:
         raise KStarInputError(f"unknown method {method!r}; use 'tsne' or 'umap'.")
     if ax is None:

@@ -39,6 +39,23 @@ def test_ann_is_deterministic_for_a_seed_and_thread_count(overlapping):
     assert a.audit == b.audit
 
 
+def test_ann_reports_where_its_time_went(overlapping):
+    """params["ann_phase_seconds"]: one entry per phase, in the order they ran, none negative, and no more in all
+    than the call took; kept through the JSON round trip."""
+    import time
+
+    from kstar_utils import KStarResult
+
+    x, y = overlapping
+    start = time.perf_counter()
+    ann = compute_kstar(x, y, method="ann", n_neighbors=10, seed=3, n_jobs=1, audit_size=50)
+    elapsed = time.perf_counter() - start
+    phases = ann.params["ann_phase_seconds"]
+    assert list(phases) == ["exact_audit", "graph", "sampled_candidates", "exact_search", "ann_audit", "verification"]
+    assert all(v >= 0 for v in phases.values()) and sum(phases.values()) <= elapsed + 0.01
+    assert KStarResult.from_json(ann.to_json()).params["ann_phase_seconds"] == phases
+
+
 def _far_apart_clusters(n_per_class: int = 200) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(2)
     y = np.repeat([0, 1, 2], n_per_class)

@@ -372,3 +372,32 @@ def test_seed_grouping_groups_by_configuration_only_with_several_seeds():
     assert plots.seed_grouping(one_seed) == {"config": None, "units": "models"}
     assert plots.seed_grouping(pd.DataFrame({"config": ["a"]})) == {"config": None, "units": "models"}
     assert plots.seed_grouping(several) == {"config": "config", "units": "model-seed pairs"}
+
+
+@pytest.mark.slow
+def test_umap_projection_keeps_the_callers_torch_thread_count(rng):
+    """UMAP is parallel numba code, whose OpenMP launch could set torch's thread count in the calling thread (a Dask
+    worker's task thread set to 1 would then run torch on every core): the count is restored."""
+    import threading
+
+    import torch
+
+    x = rng.normal(size=(60, 5)) + np.repeat(np.eye(5)[:3] * 3.0, 20, axis=0)
+    y = np.repeat(["a", "b", "c"], 20)
+    before = torch.get_num_threads()
+    seen, figures = [], []
+
+    def task():
+        torch.set_num_threads(1)
+        figures.append(plots.embedding_scatter(x, y, method="umap", seed=0))
+        seen.append(torch.get_num_threads())
+
+    try:
+        worker = threading.Thread(target=task)
+        worker.start()
+        worker.join()
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [1]
+    _readable(figures[0])
+    assert "UMAP" in plots.alt_text(figures[0])
