@@ -376,8 +376,9 @@ def test_seed_grouping_groups_by_configuration_only_with_several_seeds():
 
 @pytest.mark.slow
 def test_umap_projection_keeps_the_callers_torch_thread_count(rng):
-    """UMAP is parallel numba code, whose OpenMP launch could set torch's thread count in the calling thread (a Dask
-    worker's task thread set to 1 would then run torch on every core): the count is restored."""
+    """UMAP is numba code, and a parallel numba launch sets torch's thread count in the calling thread (a Dask
+    worker's task thread set to 1 would then run torch on every core). With n_jobs=1 today's umap launches none, and
+    the count stays 1 even without plots' guard; the guard keeps it so if a umap release runs parallel code."""
     import threading
 
     import torch
