@@ -42,6 +42,30 @@ def isolated_kstar_home(root: Path) -> Iterator[Path]:
         mp.undo()
 
 
+def torch_threads_after_in_worker(work) -> tuple[int, object]:
+    """Run ``work()`` in a fresh thread set to one torch thread (as a Dask worker's task thread is); return the torch
+    thread count that thread sees afterwards and what ``work`` returned. The caller's count is restored."""
+    import threading
+
+    import torch
+
+    before = torch.get_num_threads()
+    seen: list = []
+
+    def task():
+        torch.set_num_threads(1)
+        value = work()
+        seen.append((torch.get_num_threads(), value))
+
+    try:
+        worker = threading.Thread(target=task)
+        worker.start()
+        worker.join()
+    finally:
+        torch.set_num_threads(before)
+    return seen[0]
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(12345)

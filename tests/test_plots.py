@@ -15,6 +15,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import torch_threads_after_in_worker
+
 from kstar_utils import compute_kstar, metrics, neighbours, plots
 from kstar_utils.errors import KStarInputError
 from kstar_utils.evidence import add_accuracy_intervals
@@ -379,26 +381,9 @@ def test_umap_projection_keeps_the_callers_torch_thread_count(rng):
     """UMAP is numba code, and a parallel numba launch sets torch's thread count in the calling thread (a Dask
     worker's task thread set to 1 would then run torch on every core). With n_jobs=1 today's umap launches none, and
     the count stays 1 even without plots' guard; the guard keeps it so if a umap release runs parallel code."""
-    import threading
-
-    import torch
-
     x = rng.normal(size=(60, 5)) + np.repeat(np.eye(5)[:3] * 3.0, 20, axis=0)
     y = np.repeat(["a", "b", "c"], 20)
-    before = torch.get_num_threads()
-    seen, figures = [], []
-
-    def task():
-        torch.set_num_threads(1)
-        figures.append(plots.embedding_scatter(x, y, method="umap", seed=0))
-        seen.append(torch.get_num_threads())
-
-    try:
-        worker = threading.Thread(target=task)
-        worker.start()
-        worker.join()
-    finally:
-        torch.set_num_threads(before)
-    assert seen == [1]
-    _readable(figures[0])
-    assert "UMAP" in plots.alt_text(figures[0])
+    threads, fig = torch_threads_after_in_worker(lambda: plots.embedding_scatter(x, y, method="umap", seed=0))
+    assert threads == 1
+    _readable(fig)
+    assert "UMAP" in plots.alt_text(fig)

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import torch_threads_after_in_worker
+
 from kstar_utils import tile_kernels
 
 
@@ -87,19 +89,8 @@ def test_kernels_are_safe_from_several_python_threads():
 def test_a_kernel_leaves_torchs_thread_count_alone_in_a_worker_thread():
     """numba's OpenMP launch used to set torch's thread count (shared OpenMP library) in the calling thread: a Dask
     worker's task thread, set to 1, then ran torch on every core. The count is restored after each kernel."""
-    before = torch.get_num_threads()
-    seen = []
-
-    def task():
-        torch.set_num_threads(1)
+    def work():
         tile_kernels.counts_below(_tile(64, 64), torch.zeros(64), torch.ones(64), 1)
         tile_kernels.row_minimum(_tile(64, 64))
-        seen.append(torch.get_num_threads())
 
-    try:
-        worker = threading.Thread(target=task)
-        worker.start()
-        worker.join()
-    finally:
-        torch.set_num_threads(before)
-    assert seen == [1]
+    assert torch_threads_after_in_worker(work)[0] == 1
