@@ -269,7 +269,7 @@ class ForeignMinima:
     hi: torch.Tensor
 
 
-def _merge_tile_minimum(fm: ForeignMinima, part: slice, tile_min: torch.Tensor, lo: int, hi: int) -> None:
+def _merge_tile_minimum(fm: ForeignMinima, part: slice | torch.Tensor, tile_min: torch.Tensor, lo: int, hi: int) -> None:
     better = tile_min < fm.best[part]
     fm.second[part] = torch.where(better, fm.best[part], torch.minimum(fm.second[part], tile_min))
     fm.best[part] = torch.where(better, tile_min, fm.best[part])
@@ -387,19 +387,29 @@ def _exact_radius_from_tiles(
     return radius
 
 
-def _foreign_min_rows(data: ClassSortedFeatures, rows: torch.Tensor, block_rows: int) -> torch.Tensor:
-    """float32 minimum of D2 over the foreign columns of the given (sorted) rows, row by row."""
-    best = torch.full((rows.numel(),), math.inf, dtype=torch.float32, device=data.device)
+def _foreign_minima_rows(data: ClassSortedFeatures, rows: torch.Tensor, block_rows: int) -> ForeignMinima:
+    """The foreign pass for a subset of (sorted) rows: per row, the float32 minimum of D2 over its foreign columns and
+    the tile that held it (a ForeignMinima over all N positions, filled at ``rows`` only), so that the exact r_p of a
+    row needs that one tile again, not the whole row (:func:`_exact_radius_from_tiles`).
+
+    Rows are taken by class and multiplied against the two foreign ranges [0, s) and [e, N) only: the class's own
+    columns are skipped, not masked."""
+    inf = torch.full((data.n,), math.inf, dtype=torch.float32, device=data.device)
+    zero = torch.zeros(data.n, dtype=torch.int64, device=data.device)
+    fm = ForeignMinima(best=inf, second=inf.clone(), lo=zero, hi=zero.clone())
     tile = _tile_columns(block_rows, data)
-    for lo in range(0, rows.numel(), block_rows):
-        part = rows[lo : lo + block_rows]
-        left, code = data.left[part], data.codes_t[part, None]
-        for clo in range(0, data.n, tile):
-            chi = min(clo + tile, data.n)
-            g = left @ data.right[clo:chi].T
-            g.masked_fill_(data.codes_t[None, clo:chi] == code, math.inf)
-            best[lo : lo + block_rows] = torch.minimum(best[lo : lo + block_rows], g.amin(dim=1))
-    return best
+    row_codes = data.codes[rows.cpu().numpy()]
+    for code in np.unique(row_codes):
+        members = rows[torch.from_numpy(np.flatnonzero(row_codes == code)).to(data.device)]
+        ranges = ((0, int(data.starts[code])), (int(data.ends[code]), data.n))
+        for lo in range(0, members.numel(), block_rows):
+            part = members[lo : lo + block_rows]
+            left = data.left[part]
+            for a, b in ranges:
+                for clo in range(a, b, tile):
+                    chi = min(clo + tile, b)
+                    _merge_tile_minimum(fm, part, (left @ data.right[clo:chi].T).amin(dim=1), clo, chi)
+    return fm
 
 
 def _exact_radius(
@@ -544,10 +554,10 @@ def exact_counts(
             n_high = n_low + 1  # too many pairs in the band to keep (massive ties): re-scan every row below
         else:
             if given is None:
-                best = _foreign_min_rows(data, rows_t, block_rows)
-                r2 = best.to(torch.float64)
+                fm = _foreign_minima_rows(data, rows_t, block_rows)
+                r2 = fm.best[rows_t].to(torch.float64)
             else:
-                best, r2 = None, given * given
+                fm, r2 = None, given * given
             bar.update(len(rows_np))
             low, high = _thresholds(data, rows_t, r2)
             n_low, n_high = _same_class_rows(data, rows_t, low, high, block_rows, None, None)
@@ -557,7 +567,7 @@ def exact_counts(
             stats.rechecked_rows += int(unsure.numel())
             u_rows = rows_t[unsure]
             if given is None:
-                r_exact, _ = _exact_radius(data, u_rows, best[unsure], block_rows, stats)
+                r_exact = _exact_radius_from_tiles(data, u_rows, fm, block_rows, stats)
             else:
                 r_exact = given[unsure]
             extra, _ = _same_class_rows(data, u_rows, low[unsure], high[unsure], block_rows, r_exact, stats)
@@ -571,8 +581,8 @@ def exact_foreign_radius(data: ClassSortedFeatures, rows: np.ndarray, block_size
     rows_t = torch.from_numpy(np.asarray(rows, dtype=np.int64)).to(data.device)
     block_rows = int(block_size) if block_size else MIN_BLOCK_ROWS * 2
     with full_float32_precision(), torch.inference_mode():
-        best = _foreign_min_rows(data, rows_t, block_rows)
-        radius, _ = _exact_radius(data, rows_t, best, block_rows, KernelStats())
+        fm = _foreign_minima_rows(data, rows_t, block_rows)
+        radius = _exact_radius_from_tiles(data, rows_t, fm, block_rows, KernelStats())
     return radius.cpu().numpy()
 
 
@@ -603,7 +613,7 @@ def nearest_foreign_index(
     inverse[data.order] = np.arange(n)
     rows = torch.from_numpy(inverse[q.astype(np.int64)]).to(data.device)
     with full_float32_precision(), torch.inference_mode():
-        best = _foreign_min_rows(data, rows, MIN_BLOCK_ROWS)
+        best = _foreign_minima_rows(data, rows, MIN_BLOCK_ROWS).best[rows]
         _, nearest = _exact_radius(data, rows, best, MIN_BLOCK_ROWS, KernelStats())
     return data.order[nearest.cpu().numpy()]
 
