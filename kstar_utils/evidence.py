@@ -51,7 +51,8 @@ def verdict_rule(expected_sign: int = -1, negligible: float = NEGLIGIBLE, confid
         else " (the expected direction)"
     return (f"Verdict rule: a claim is decided by the {pct} bootstrap interval of Spearman's rho (the partial rank "
             f"correlation for claims stated controlling for other variables) over the stated units, checked by a "
-            f"permutation test. \"Not reproduced\" when the whole interval lies within +-{negligible:g} of zero (a "
+            f"permutation test (where the units are grouped, e.g. the seeds of one configuration, the test permutes the "
+            f"group means, the independent units). \"Not reproduced\" when the whole interval lies within +-{negligible:g} of zero (a "
             f"relation too weak to matter). Otherwise \"reproduced\" when the whole interval lies {side} zero"
             f"{paper} and the permutation p-value is below {alpha}; \"not reproduced\" when the whole interval lies "
             f"{other} zero (the opposite direction) and p is below {alpha}; \"inconclusive\" in every other case "
@@ -78,6 +79,7 @@ class Evidence:
     n_perm: int = 0
     exact_permutation: bool = False
     n_groups: int | None = None     # with ``groups``: the number of clusters resampled
+    group_units: str = "groups"     # what one cluster is, e.g. "configurations" (its seeds are the units)
     controls: tuple[str, ...] = ()  # partial correlations: what was controlled for
     method: str = "spearman"
     x_name: str = "x"
@@ -228,14 +230,15 @@ def _permutation_p(a: np.ndarray, b: np.ndarray, observed: float, n_perm: int,
 
 def correlation_evidence(x: Any, y: Any, units: str = "models", n_boot: int = 2000, n_perm: int = 10000,
                          seed: int = 0, groups: Any = None, confidence: float = 0.95,
-                         x_name: str = "x", y_name: str = "y") -> Evidence:
+                         x_name: str = "x", y_name: str = "y", group_units: str = "groups") -> Evidence:
     """Spearman's rho and Pearson's r of paired values, each with a bootstrap interval, and a permutation p-value.
 
     ``units`` names what one pair is ("models", "model-seed pairs", "(model, data set) pairs"); it is carried into
     every sentence about the result, because a correlation over 8 models and one over 24 model-seed pairs answer
     different questions. With ``groups`` (one label per pair, e.g. the configuration each seed belongs to) the
     bootstrap resamples whole groups, and the permutation test shuffles the group means (the independent units), so
-    that several seeds of one configuration are not counted as independent evidence.
+    that several seeds of one configuration are not counted as independent evidence; ``group_units`` names the groups
+    in sentences ("configurations"), which say that p comes from the group means and give those means' rho.
     """
     g_in = None if groups is None else np.asarray(groups)
     if g_in is not None and len(g_in) != len(np.asarray(x)):
@@ -245,7 +248,7 @@ def correlation_evidence(x: Any, y: Any, units: str = "models", n_boot: int = 20
     n = len(a)
     ev = Evidence(rho=math.nan, ci=(math.nan, math.nan), p_value=math.nan, n=int(n), units=units,
                   confidence=confidence, n_boot=int(n_boot), n_perm=int(n_perm), x_name=x_name, y_name=y_name,
-                  seed=int(seed), n_groups=None if g is None else len(np.unique(g)))
+                  seed=int(seed), n_groups=None if g is None else len(np.unique(g)), group_units=group_units)
     if n < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
         return ev
     ra, rb = stats.rankdata(a), stats.rankdata(b)
@@ -306,7 +309,8 @@ def _residualise(v: np.ndarray, z: np.ndarray) -> np.ndarray:
 
 def partial_correlation(x: Any, y: Any, controls: Any, method: str = "spearman", units: str = "models",
                         n_boot: int = 2000, n_perm: int = 10000, seed: int = 0, confidence: float = 0.95,
-                        x_name: str = "x", y_name: str = "y", groups: Any = None) -> Evidence:
+                        x_name: str = "x", y_name: str = "y", groups: Any = None,
+                        group_units: str = "groups") -> Evidence:
     """Correlation of x and y after removing what ``controls`` explain linearly (in ranks for ``spearman``).
 
     Why: Gamma' following robust accuracy may only restate that the model is accurate (the fraction of samples with
@@ -331,7 +335,7 @@ def partial_correlation(x: Any, y: Any, controls: Any, method: str = "spearman",
     ev = Evidence(rho=math.nan, ci=(math.nan, math.nan), p_value=math.nan, n=int(n), units=units,
                   confidence=confidence, n_boot=int(n_boot), n_perm=int(n_perm), controls=names, method=method,
                   x_name=x_name, y_name=y_name, seed=int(seed),
-                  n_groups=None if g is None else len(np.unique(g)))
+                  n_groups=None if g is None else len(np.unique(g)), group_units=group_units)
     if n < k + 4 or np.ptp(a) == 0 or np.ptp(b) == 0:
         return ev
 
@@ -414,29 +418,50 @@ def decisive(evidence: Evidence) -> bool:
                 and p < 1 - evidence.confidence)
 
 
-def _fmt(v: float, digits: int = 2) -> str:
+def format_number(v: float, digits: int = 2) -> str:
+    """A correlation (or any value) as the report prints it: fixed digits, "n/a" for NaN, never "-0.00"."""
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "n/a"
     s = f"{v:.{digits}f}"
-    return "0.00" if s == "-0.00" else s
+    return s.lstrip("-") if float(s) == 0 else s
 
 
-def _fmt_p(p: float) -> str:
+def format_p(p: float) -> str:
+    """p-values as a reader compares them with 0.05: three decimals, and "< 0.001" below that."""
     if p is None or math.isnan(p):
         return "n/a"
-    return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
+    return f"{p:.3f}" if p >= 0.001 else "< 0.001"
+
+
+def _p_is(p: float) -> str:
+    """ "p = 0.035", or "p < 0.001" below that."""
+    text = format_p(p)
+    return f"p {text}" if text.startswith("<") else f"p = {text}"
 
 
 def evidence_numbers(evidence: Evidence, short: bool = False) -> str:
     """The numbers of a piece of evidence in one parenthesis: rho, interval, p, n and units (``short``: "p" without
-    naming the permutation test, for figure titles)."""
+    naming the permutation test, for figure titles).
+
+    With grouped units the interval resamples groups but p permutes the group means, a different statistic: the
+    text says so and gives the means' rho beside p, so that a reader never pairs a rho with a p that did not test it.
+    """
     name = "partial Spearman rho" if evidence.controls and evidence.method == "spearman" else (
         "partial Pearson r" if evidence.controls else "Spearman rho")
     lo, hi = evidence.ci
-    groups = f" in {evidence.n_groups} groups" if evidence.n_groups else ""
-    perm = "" if short else ("exact permutation " if evidence.exact_permutation else "permutation ")
-    return (f"{name} = {_fmt(evidence.rho)}, {evidence.confidence:.0%} CI [{_fmt(lo)}, {_fmt(hi)}], "
-            f"{perm}p = {_fmt_p(evidence.p_value)}, n = {evidence.n} {evidence.units}{groups}")
+    head = (f"{name} = {format_number(evidence.rho)}, {evidence.confidence:.0%} CI "
+            f"[{format_number(lo)}, {format_number(hi)}]")
+    p = _p_is(evidence.p_value)
+    if not evidence.n_groups:
+        perm = "" if short else ("exact permutation " if evidence.exact_permutation else "permutation ")
+        return f"{head}, {perm}{p}, n = {evidence.n} {evidence.units}"
+    unit = f"n = {evidence.n} {evidence.units} in {evidence.n_groups} {evidence.group_units}"
+    if short:
+        return f"{head}, {unit}; {p} (means of the {evidence.n_groups} {evidence.group_units})"
+    perm = "exact permutation" if evidence.exact_permutation else "permutation"
+    means = evidence.extra.get("group_mean_rho")
+    of_means = f" (rho of the means = {format_number(means)})" if means is not None and np.isfinite(means) else ""
+    return f"{head}, {unit}; {perm} {p} on the means of the {evidence.n_groups} {evidence.group_units}{of_means}"
 
 
 def claim_sentence(claim: str, evidence: Evidence, expected_sign: int = -1, negligible: float = NEGLIGIBLE,
@@ -500,6 +525,8 @@ __all__ = [
     "correlation_evidence",
     "correlations_by",
     "evidence_numbers",
+    "format_number",
+    "format_p",
     "latent_1nn_accuracy",
     "partial_correlation",
     "verdict",

@@ -535,10 +535,10 @@ def exact_counts(
         if all_rows:
             if given is None:
                 fm = _foreign_pass(data, block_rows, bar)
-                best, r2 = fm.best, fm.best.to(torch.float64)
+                r2 = fm.best.to(torch.float64)
             else:
                 bar.update(data.n)
-                fm, best, r2 = None, None, given * given
+                fm, r2 = None, given * given
             low, high = _thresholds(data, slice(None), r2)
             n_low, band = _same_class_pass(data, low, high, block_rows, bar)
             if band is not None:

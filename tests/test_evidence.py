@@ -4,6 +4,7 @@ their wording, and the k* / 1-NN identity."""
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -132,6 +133,9 @@ def test_cluster_bootstrap_is_wider_than_treating_seeds_as_independent():
     assert (clustered.ci[1] - clustered.ci[0]) > (naive.ci[1] - naive.ci[0])
     assert clustered.p_value > naive.p_value  # group means: 8 units, not 40
     assert "in 8 groups" in evidence.evidence_numbers(clustered)
+    # p tests the group means, not the pairs' rho: the text says so and gives the means' rho beside it
+    means_rho = evidence.format_number(clustered.extra["group_mean_rho"])
+    assert f"on the means of the 8 groups (rho of the means = {means_rho})" in evidence.evidence_numbers(clustered)
 
 
 def test_correlations_by_gives_one_row_per_group():
@@ -218,8 +222,9 @@ def test_claim_sentence_follows_the_interval_on_synthetic_tables(rho, expected):
     assert verdict(ev) == expected
     assert text.startswith(f"Robustness (Linf): {expected};")
     # The numbers are always there.
-    for piece in (f"{ev.rho:.2f}", f"[{ev.ci[0]:.2f}, {ev.ci[1]:.2f}]", "n = 24 models", "p = "):
+    for piece in (f"{ev.rho:.2f}", f"[{ev.ci[0]:.2f}, {ev.ci[1]:.2f}]", "n = 24 models"):
         assert piece in text
+    assert re.search(r"permutation p (= [01]\.\d{3}|< 0\.001)", text)
     has_direction = " falls " in text or " rises " in text
     assert has_direction == evidence.decisive(ev)
     if not ev.excludes_zero:

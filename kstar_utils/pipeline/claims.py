@@ -33,14 +33,18 @@ def _units(profile: Profile) -> tuple[str, str | None]:
     return "models", None
 
 
+GROUP_UNITS = {"config": "configurations", "model": "models"}
+
+
 def _evidence(frame: pd.DataFrame, x: str, y: str, units: str, group: str | None, x_name: str, seed: int,
-              controls: dict | None = None) -> ev.Evidence:
+              controls: dict | None = None, y_name: str = "Gamma'") -> ev.Evidence:
     groups = frame[group] if group and group in frame else None
+    named = GROUP_UNITS.get(group or "", "groups")
     if controls:
         return ev.partial_correlation(frame[x], frame[y], controls, units=units, seed=seed, x_name=x_name,
-                                      y_name="Gamma'", groups=groups)
+                                      y_name=y_name, groups=groups, group_units=named)
     return ev.correlation_evidence(frame[x], frame[y], units=units, groups=groups, seed=seed, x_name=x_name,
-                                   y_name="Gamma'")
+                                   y_name=y_name, group_units=named)
 
 
 def _entry(name: str, e: ev.Evidence) -> dict:
@@ -91,25 +95,45 @@ def generalisation_claim(profile: Profile, generalisation: pd.DataFrame) -> dict
     shifted = generalisation[generalisation["shift"] != "clean"]
     if profile.zoo is not None and not shifted.empty:
         means = shifted.groupby("model").agg(accuracy=("accuracy", "mean"), gamma_prime=("gamma_prime", "mean"),
+                                             latent_1nn_accuracy=("latent_1nn_accuracy", "mean"),
                                              config=("config", "first")).reset_index()
         x_name = "mean accuracy on the shifted test sets"
-        main = _entry("Generalisation", _evidence(means, "accuracy", "gamma_prime", units, group, x_name, seed))
-        clean = generalisation[generalisation["shift"] == "clean"]
-        for name, frame, u, g in (("clean test set only", clean, units, group),
-                                  ("shifted sets pooled", shifted, "(model, shifted set) pairs", "model")):
-            e = _entry(f"Generalisation, {name}", _evidence(frame, "accuracy", "gamma_prime", u, g,
-                                                             f"accuracy ({name})", seed))
-            details.append(e["sentence"])
-            rows.append({"claim": "generalisation", "threat_model": "", "test": name, **_row(e)})
+        y_name = "mean Gamma' over the shifted sets"
+        # Pooling sets mixes set difficulty into both variables (a hard set lowers accuracy and raises Gamma' for
+        # every model): each set's mean is taken out of both first, and whole configurations are resampled.
+        centred = shifted.copy()
+        for column in ("accuracy", "gamma_prime"):
+            centred[column] = centred[column] - centred.groupby("shift")[column].transform("mean")
+        name = "shifted sets pooled, each set's mean removed"
+        e = _entry(f"Generalisation, {name}", _evidence(centred, "accuracy", "gamma_prime",
+                                                         "(model-seed pair, shifted set) pairs", group,
+                                                         "accuracy (relative to its set's mean)", seed,
+                                                         y_name="Gamma' (relative to its set's mean)"))
+        details.append(e["sentence"])
+        rows.append({"claim": "generalisation", "threat_model": "", "test": name, **_row(e)})
     else:
-        means = generalisation.groupby("model").agg(accuracy=("accuracy", "mean"),
-                                                    gamma_prime=("gamma_prime", "mean")).reset_index()
-        x_name = "mean zero-shot accuracy over the data sets"
-        main = _entry("Generalisation", _evidence(means, "accuracy", "gamma_prime", "models", None, x_name, seed))
+        agg = {"accuracy": ("accuracy", "mean"), "gamma_prime": ("gamma_prime", "mean"),
+               "latent_1nn_accuracy": ("latent_1nn_accuracy", "mean")}
+        if group:
+            agg["config"] = (group, "first")
+        means = generalisation.groupby("model").agg(**agg).reset_index()
+        x_name = ("mean zero-shot accuracy over the data sets" if profile.zoo is None
+                  else "mean accuracy over the evaluated sets")
+        y_name = "mean Gamma' over the data sets"
+    main = _entry("Generalisation", _evidence(means, "accuracy", "gamma_prime", units, group, x_name, seed,
+                                              y_name=y_name))
+    # the 1-NN identity (SPEC) builds part of any accuracy-Gamma' relation into the metric: say what is left
+    partial = _entry("Generalisation, controlling for latent 1-NN accuracy",
+                     _evidence(means, "accuracy", "gamma_prime", units, group, x_name, seed,
+                               {"latent 1-NN accuracy": means["latent_1nn_accuracy"].to_numpy()}, y_name=y_name))
+    details.insert(0, partial["sentence"])
+    rows.insert(0, {"claim": "generalisation", "threat_model": "", "test": "partial | latent 1-NN accuracy",
+                    **_row(partial)})
     rows.insert(0, {"claim": "generalisation", "threat_model": "", "test": "main", **_row(main)})
     for data, part in generalisation.groupby("data", sort=False):
-        e = _entry(f"Within {data}", _evidence(part, "accuracy", "gamma_prime", units, group,
-                                               f"accuracy on {data}", seed))
+        clean = "shift" in part and (part["shift"] == "clean").all()
+        e = _entry(f"Within {data}" + (" (the clean test set)" if clean else ""),
+                   _evidence(part, "accuracy", "gamma_prime", units, group, f"accuracy on {data}", seed))
         details.append(e["sentence"])
         rows.append({"claim": "generalisation", "threat_model": "", "test": f"within {data}", **_row(e)})
     return {"id": "generalisation", "title": "More general models fracture concepts less", "verdict": main["verdict"],
@@ -118,12 +142,18 @@ def generalisation_claim(profile: Profile, generalisation: pd.DataFrame) -> dict
 
 def _row(entry: dict) -> dict:
     e = entry["evidence"]
+    grouped = bool(e.get("n_groups"))
     return {"verdict": entry["verdict"], "rho": e["rho"], "ci_lo": e["ci"][0], "ci_hi": e["ci"][1],
-            "p_value": e["p_value"], "n": e["n"], "units": e["units"]}
+            "p_value": e["p_value"],
+            "p_tests": f"means of {e['n_groups']} {e['group_units']}" if grouped else f"{e['n']} {e['units']}",
+            "rho_of_means": e["extra"].get("group_mean_rho", math.nan) if grouped else math.nan,
+            "n": e["n"], "units": e["units"] + (f" in {e['n_groups']} {e['group_units']}" if grouped else "")}
 
 
-def caveats(profile: Profile, robustness: pd.DataFrame, generalisation: pd.DataFrame) -> list[str]:
-    """What a reader must keep in mind, said rather than left to the reader."""
+def caveats(profile: Profile, robustness: pd.DataFrame, generalisation: pd.DataFrame,
+            evidence_rows: list[dict] | None = None) -> list[str]:
+    """What a reader must keep in mind, said rather than left to the reader; ``evidence_rows`` (the evidence table)
+    lets the 1-NN identity caveat say what controlling for it left of each claim."""
     out = []
     frames = [f for f in (robustness, generalisation) if not f.empty]
     if profile.zoo is not None:
@@ -142,19 +172,79 @@ def caveats(profile: Profile, robustness: pd.DataFrame, generalisation: pd.DataF
                    f"to about +-{100 * 1.96 * math.sqrt(0.25 / z.attack_samples):.0f} points (95%, worst case); the "
                    "Wilson intervals are drawn as error bars.")
     if frames:
-        n = pd.concat(frames)["n_samples"]
-        classes = 10
-        out.append(f"Samples per class: k* is computed on about {int(n.median()) // classes} evaluated samples per "
-                   "class; Gamma' from that many has a bootstrap interval of the width shown beside every value.")
-        onenn = pd.concat(frames)["latent_1nn_accuracy"]
-        fractured = float((pd.concat(frames)["gamma_prime"] > 0.5).mean())
-        out.append(f"The regime: the latent 1-NN accuracy of these models ranges {onenn.min():.1%} to {onenn.max():.1%} "
-                   f"(median {onenn.median():.1%}) and {fractured:.0%} of the evaluated spaces are mostly fractured "
-                   "(Gamma' > 0.5). The paper finds current vision models mostly fracture concepts.")
+        every = pd.concat(frames)
+        per_class = every["n_samples"] / every[["fractured", "overlapped", "clustered"]].sum(axis=1)
+        out.append(f"Samples per class: k* is computed on about {round(float(per_class.median()))} evaluated samples "
+                   "per class; Gamma' from that many has a bootstrap interval of the width shown beside every value.")
+        out.append(regime_caveat(robustness, generalisation))
     out.append("The 1-NN identity: on data without distance ties the fraction of samples with k* >= 2 equals the "
                "leave-one-out 1-NN accuracy of the latent space (SPEC), so part of any relation between Gamma' and "
-               "accuracy is built into the metric; the partial correlations control for it.")
+               "accuracy is built into the metric; each claim is therefore also tested as a partial correlation "
+               "controlling for latent 1-NN accuracy, reported beside it." + _identity_results(evidence_rows or []))
     return out
+
+
+def _identity_results(rows: list[dict]) -> str:
+    """What each claim's test controlling for latent 1-NN accuracy gave, next to its main test, in words."""
+    mains = {(r["claim"], r["threat_model"]): r for r in rows if r["test"] in ("main", "Spearman")}
+    said, lost = [], []
+    for r in rows:
+        if r["test"] != "partial | latent 1-NN accuracy":
+            continue
+        name = r["claim"] + (f" under {r['threat_model']}" if r["threat_model"] else "")
+        said.append(f"{name}: {r['verdict']} (partial Spearman rho = {ev.format_number(r['rho'])}, 95% CI "
+                    f"[{ev.format_number(r['ci_lo'])}, {ev.format_number(r['ci_hi'])}])")
+        main = mains.get((r["claim"], r["threat_model"]))
+        if main is not None and main["verdict"] == ev.REPRODUCED and r["verdict"] != ev.REPRODUCED:
+            lost.append(name)
+    if not said:
+        return ""
+    text = " Controlling for it: " + "; ".join(said) + "."
+    if lost:
+        text += (f" So the relation found for {' and '.join(lost)} may be the 1-NN identity rather than anything the "
+                 "k* distribution adds beyond latent 1-NN accuracy.")
+    return text
+
+
+FRACTURED_GAMMA_PRIME = 0.5  # "mostly fractured" in the regime caveat: Gamma' above this
+
+
+def _regime_part(frame: pd.DataFrame, what: str) -> tuple[str, float]:
+    """One study's (or set's) regime in words, and its fraction of mostly fractured spaces. Each latent space is
+    counted once: the robustness table lists a standard model once per threat model."""
+    spaces = frame.drop_duplicates(subset=[c for c in ("model", "data") if c in frame])
+    acc, gp = spaces["latent_1nn_accuracy"], spaces["gamma_prime"]
+    k = int((gp > FRACTURED_GAMMA_PRIME).sum())
+    text = (f"{what}: latent 1-NN accuracy {acc.min():.1%} to {acc.max():.1%} (median {acc.median():.1%}), "
+            f"{k} of {len(spaces)} spaces mostly fractured (largest Gamma' {gp.max():.2f})")
+    return text, k / max(len(spaces), 1)
+
+
+def regime_caveat(robustness: pd.DataFrame, generalisation: pd.DataFrame) -> str:
+    """Where the tested models sit against the paper's regime (mostly fractured concepts), per study and per kind of
+    evaluated set, and what that means for the robustness claim."""
+    parts, robust_fraction = [], None
+    if not robustness.empty:
+        text, robust_fraction = _regime_part(robustness, f"the robustness study ({robustness['model'].nunique()} "
+                                                         "models, clean test set)")
+        parts.append(text)
+    if not generalisation.empty:
+        if "shift" in generalisation:
+            clean = generalisation[generalisation["shift"] == "clean"]
+            shifted = generalisation[generalisation["shift"] != "clean"]
+            if not clean.empty:
+                parts.append(_regime_part(clean, "the generalisation study on its clean test set")[0])
+            if not shifted.empty:
+                parts.append(_regime_part(shifted, "on its shifted sets")[0])
+        else:
+            parts.append(_regime_part(generalisation, "the generalisation study")[0])
+    text = (f"The regime: the paper finds current vision models mostly fracture concepts (Gamma' > "
+            f"{FRACTURED_GAMMA_PRIME:g}). Here: {'; '.join(parts)}.")
+    if robust_fraction is not None and robust_fraction < 0.5:
+        where = "entirely" if robust_fraction == 0 else "mostly"
+        text += (f" The robustness claim is therefore tested {where} outside the fractured regime the paper "
+                 "describes: it can neither confirm nor refute the paper there.")
+    return text
 
 
 def parameters(profile: Profile) -> dict[str, Any]:
@@ -183,7 +273,7 @@ def claims_summary(profile: Profile, robustness: pd.DataFrame, generalisation: p
     if profile.zoo is not None:
         seeds["training"] = list(profile.zoo.seeds)
     return {"claims": claims, "verdict_rule": f"{ev.VERDICT_RULE} {COMBINE_RULE}",
-            "evidence_table": rows, "caveats": caveats(profile, robustness, generalisation),
+            "evidence_table": rows, "caveats": caveats(profile, robustness, generalisation, rows),
             "parameters": parameters(profile), "seeds": seeds, "x_labels": x_labels(profile)}
 
 

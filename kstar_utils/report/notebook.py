@@ -159,8 +159,15 @@ def evidence_table(results: Results, claim_id: str) -> pd.DataFrame:
     path = results.folder / "evidence.csv"
     if not path.exists():
         return pd.DataFrame()
+    from ..evidence import format_p
+
     table = pd.read_csv(path, keep_default_na=False, na_values=[""])
-    return table[table["claim"] == claim_id].drop(columns="claim").reset_index(drop=True)
+    table = table[table["claim"] == claim_id].drop(columns="claim").reset_index(drop=True)
+    if "p_value" in table:  # as the sentences print it ("< 0.001", not a rounded 0.000), beside what it tested
+        table.insert(table.columns.get_loc("p_value"), "p", table.pop("p_value").map(format_p))
+    if "threat_model" in table and not table["threat_model"].astype(str).str.strip().any():
+        table = table.drop(columns="threat_model")
+    return table
 
 
 def threat_model_tables(results: Results) -> list[tuple[str, float, pd.DataFrame]]:
