@@ -39,6 +39,9 @@ NEGLIGIBLE = 0.1
 # Below this many units the verdict is "inconclusive": with 4 units no two-sided permutation test can reach p < 0.05
 # (the smallest possible p is 2/24), and percentile bootstrap intervals are too narrow on so few points.
 MIN_UNITS = 5
+# Resamples of the correlations' bootstrap intervals and permutations of their tests (the report states both).
+CORRELATION_BOOT = 2000
+PERMUTATIONS = 10000
 
 
 def verdict_rule(expected_sign: int = -1, negligible: float = NEGLIGIBLE, confidence: float = 0.95) -> str:
@@ -228,7 +231,8 @@ def _permutation_p(a: np.ndarray, b: np.ndarray, observed: float, n_perm: int,
     return (1 + hits) / (1 + n_perm), False
 
 
-def correlation_evidence(x: Any, y: Any, units: str = "models", n_boot: int = 2000, n_perm: int = 10000,
+def correlation_evidence(x: Any, y: Any, units: str = "models", n_boot: int = CORRELATION_BOOT,
+                         n_perm: int = PERMUTATIONS,
                          seed: int = 0, groups: Any = None, confidence: float = 0.95,
                          x_name: str = "x", y_name: str = "y", group_units: str = "groups") -> Evidence:
     """Spearman's rho and Pearson's r of paired values, each with a bootstrap interval, and a permutation p-value.
@@ -308,7 +312,8 @@ def _residualise(v: np.ndarray, z: np.ndarray) -> np.ndarray:
 
 
 def partial_correlation(x: Any, y: Any, controls: Any, method: str = "spearman", units: str = "models",
-                        n_boot: int = 2000, n_perm: int = 10000, seed: int = 0, confidence: float = 0.95,
+                        n_boot: int = CORRELATION_BOOT, n_perm: int = PERMUTATIONS, seed: int = 0,
+                        confidence: float = 0.95,
                         x_name: str = "x", y_name: str = "y", groups: Any = None,
                         group_units: str = "groups") -> Evidence:
     """Correlation of x and y after removing what ``controls`` explain linearly (in ranks for ``spearman``).

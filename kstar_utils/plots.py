@@ -674,10 +674,14 @@ def gamma_regions(frame: pd.DataFrame, x: str, y: str = "gamma_prime", hue: str 
     ax.title.set_fontsize(SMALL)
     _label_column(ax, chosen, x, y, "_label", SMALL)
     bars = []
+    grouped = config is not None and any(p.groupby(config).size().max() > 1 for _, p in groups)
+    if grouped:
+        bars.append("large markers: the mean of a configuration's seeds, bars spanning the range over its seeds")
+    single = "faint points (single seeds): " if grouped else ""
     if ycols:
-        bars.append("vertical bars: 95% bootstrap interval of Gamma'")
+        bars.append(f"{single}vertical bars: 95% bootstrap interval of Gamma'")
     if xcols:
-        bars.append("horizontal bars: 95% Wilson interval of the accuracy")
+        bars.append(f"{single}horizontal bars: 95% Wilson interval of the accuracy")
     alt = (f"Scatter plot of Gamma' against {xlabel or x} for {len(data)} rows"
            + (f", grouped by {hue}" if hue else "") + " on three bands: mostly fractured above "
            f"{threshold}, overlapped between, clustered below -{threshold}"
@@ -787,9 +791,11 @@ def gamma_lines(table: pd.DataFrame, x: str = "data", y: str = "gamma_prime", mo
                 threshold: float = metrics.DEFAULT_THRESHOLD, order: Sequence | None = None,
                 title: str | None = None) -> Figure:
     """Figure 4 as lines: Gamma' of each model (one colour, marker and line style each) across the data sets on the
-    x axis, over the three regions, with bootstrap intervals as error bars when ``{y}_lo``/``{y}_hi`` exist, the
-    range over seeds when several rows share (model, data set), and a ringed black cross where the model's accuracy is
-    within ``chance_margin`` of ``chance``. Models are dodged sideways a little so their bars stay apart."""
+    x axis, over the three regions, and a ringed black cross where the model's accuracy is within ``chance_margin`` of
+    ``chance``. Where several rows share (model, data set), e.g. the seeds of a configuration, each point is their
+    mean and its bars span their range (an average of bootstrap bounds is not an interval of anything); otherwise the
+    bars are the bootstrap intervals ``{y}_lo``/``{y}_hi`` when they exist. Models are dodged sideways a little so
+    their bars stay apart."""
     for c in (x, y, model):
         if c not in table:
             raise KStarInputError(f"gamma_lines needs column {c!r}; the table has {list(table.columns)}.")
@@ -806,16 +812,17 @@ def gamma_lines(table: pd.DataFrame, x: str = "data", y: str = "gamma_prime", mo
     _regions(ax, threshold, float(np.nanmin([values.min(), lows.min()])) if values.notna().any() else -1,
              float(np.nanmax([values.max(), highs.max()])) if values.notna().any() else 1)
     width = 0.5 / max(len(models), 1)
+    pooled = int(agg["rows"].max()) if len(agg) else 1  # rows (seeds) behind a point
     flagged = 0
     for k, m in enumerate(models):
         part = agg[agg[model] == m].set_index(x).reindex(cats)
         xs = np.arange(len(cats)) + (k - (len(models) - 1) / 2) * width
         colour = OKABE_ITO[k % len(OKABE_ITO)]
         vals = part[y].to_numpy(float)
-        if f"{y}_lo" in part:
-            err = _errors(vals, part[f"{y}_lo"].to_numpy(float), part[f"{y}_hi"].to_numpy(float))
-        elif (part["rows"].fillna(0) > 1).any():
+        if pooled > 1:
             err = _errors(vals, part[f"{y}_min"].to_numpy(float), part[f"{y}_max"].to_numpy(float))
+        elif f"{y}_lo" in part:
+            err = _errors(vals, part[f"{y}_lo"].to_numpy(float), part[f"{y}_hi"].to_numpy(float))
         else:
             err = None
         ax.errorbar(xs, vals, yerr=err, color=colour, marker=MARKERS[k % len(MARKERS)],
@@ -834,10 +841,10 @@ def gamma_lines(table: pd.DataFrame, x: str = "data", y: str = "gamma_prime", mo
     ax.set_xlabel(x, fontsize=FONT)
     ax.set_ylabel("Gamma' (approximate skewness coefficient)", fontsize=FONT)
     notes = []
-    if f"{y}_lo" in agg:
+    if pooled > 1:
+        notes.append(f"each point: the mean of a {model}'s {pooled} rows (seeds); bars: their range")
+    elif f"{y}_lo" in agg:
         notes.append("bars: 95% bootstrap interval of Gamma'")
-    elif (agg["rows"] > 1).any():
-        notes.append("bars: range over seeds")
     ax.set_title("\n".join(([title] if title else []) + (["; ".join(notes)] if notes else [])), fontsize=SMALL,
                  loc="left")
     handles, names = _region_handles()
@@ -850,6 +857,7 @@ def gamma_lines(table: pd.DataFrame, x: str = "data", y: str = "gamma_prime", mo
     ax.title.set_fontsize(SMALL)
     alt = (f"Line plot of Gamma' for {len(models)} {model}s across {len(cats)} {x} values ({', '.join(map(str, cats))})"
            f", one line per {model}, over bands for mostly fractured, overlapped and clustered"
+           + (f"; each point the mean of {pooled} rows (seeds), bars their range" if pooled > 1 else "")
            + (f"; {flagged} points marked as near chance accuracy" if chance is not None else "") + ".")
     return _finish(fig, alt)
 

@@ -200,6 +200,8 @@ def test_gamma_regions_shows_the_spread_over_seeds_and_labels_only_a_few_when_cr
     ax = fig.axes[0]
     title = ax.get_title(loc="left")
     assert "n = 30 model-seed pairs in 10 groups" in title and "8 of 20 points labelled" in title
+    assert "large markers: the mean of a configuration's seeds, bars spanning the range over its seeds" \
+        in plots.alt_text(fig)
     legend_texts = [t.get_text() for t in fig.legends[0].get_texts()]
     assert "Linf: mean and range over seeds" in legend_texts and "Linf: single seeds" in legend_texts
     # The mean marker of a configuration sits at the mean of its seeds.
@@ -270,6 +272,22 @@ def test_gamma_lines_draws_one_line_per_model_with_chance_marks():
     assert [t.get_text() for t in ax.get_xticklabels()] == ["clean", "noise", "blur", "rotation", "contrast"]
     assert "accuracy within 0.1 of chance" in [t.get_text() for t in fig.legends[0].get_texts()]
     assert "5 points marked as near chance" in plots.alt_text(fig)
+
+
+def test_gamma_lines_with_seeds_draws_their_mean_and_range_not_averaged_interval_bounds():
+    table = _openclip_table()  # two seeds per (model, data set), each with its own bootstrap interval
+    fig = plots.gamma_lines(table)
+    ax = fig.axes[0]
+    cell = table[(table.model == "RN50 yfcc15m") & (table.data == "blur")]["gamma_prime"]
+    bars = next(c for c in ax.containers if c.get_label() == "RN50 yfcc15m")
+    segments = bars.lines[2][0].get_segments()  # one vertical bar per data set, in the x order
+    low, high = segments[2][0][1], segments[2][1][1]
+    assert (low, high) == pytest.approx((cell.min(), cell.max()))
+    assert bars.lines[0].get_data()[1][2] == pytest.approx(cell.mean())
+    assert "each point: the mean of a model's 2 rows (seeds); bars: their range" in ax.get_title(loc="left")
+    assert "bootstrap" not in ax.get_title(loc="left")
+    one_seed = plots.gamma_lines(table[table.seed == 0])
+    assert "bars: 95% bootstrap interval of Gamma'" in one_seed.axes[0].get_title(loc="left")
 
 
 # --------------------------------------------------------------------------------------------- fracture gallery

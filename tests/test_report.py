@@ -284,3 +284,28 @@ def test_a_users_yaml_with_hostile_labels_and_class_names_renders_escaped(env, t
     joined = "".join(p.read_text() for p in pages)
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in joined  # shown, as text
     assert "&amp;lt;b&amp;gt;entity" in joined
+
+
+def test_footer_parameters_read_as_prose_not_python_reprs():
+    from kstar_utils.report.render import plain
+
+    assert plain({"Linf": 0.1, "L2": 0.5}) == "Linf 0.1, L2 0.5"
+    assert plain(["noise", "blur"]) == "noise, blur" and plain((0.02, 0.035)) == "0.02, 0.035"
+    assert plain({"compute": 0, "training": [0, 1, 2]}) == "compute 0, training 0, 1, 2"
+    assert plain([]) == "none" and plain(0.100) == "0.1" and plain("x") == "x"
+
+
+def test_tables_have_readable_headers_no_negative_zero_and_explain_the_dash():
+    import pandas as pd
+
+    from kstar_utils.report.render import MISSING, readable_header, table_html
+
+    assert readable_header("gamma_prime_lo") == "Gamma' 95% lo" and readable_header("gamma") == "Gamma"
+    assert readable_header("clean_accuracy_hi") == "clean accuracy 95% hi"
+    assert readable_header("latent_1nn_accuracy") == "latent 1-NN accuracy"
+    assert readable_header("robust_accuracy_Linf") == "robust accuracy Linf" and readable_header("model") == "model"
+    html = str(table_html(pd.DataFrame({"gamma_prime": [-0.0001, 0.25], "robust_accuracy_L2": [0.5, float("nan")]})))
+    assert "<th>Gamma&#39;</th>" in html or "<th>Gamma'</th>" in html
+    assert "-0.000" not in html and ">0.000<" in html and ">0.250<" in html
+    assert f"{MISSING}: not measured for that row" in html
+    assert "not measured" not in str(table_html(pd.DataFrame({"a": [1.0]})))

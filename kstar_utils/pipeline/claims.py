@@ -249,14 +249,19 @@ def regime_caveat(robustness: pd.DataFrame, generalisation: pd.DataFrame) -> str
 
 def parameters(profile: Profile) -> dict[str, Any]:
     """Profile parameters shown in every page's footer."""
-    params: dict[str, Any] = {"bootstrap": profile.compute.bootstrap, "precision": profile.compute.precision}
+    params: dict[str, Any] = {"bootstrap resamples (Gamma' intervals)": profile.compute.bootstrap,
+                              "bootstrap resamples (correlation intervals)": ev.CORRELATION_BOOT,
+                              "permutations (correlation tests)": ev.PERMUTATIONS,
+                              "precision": profile.compute.precision}
     if profile.zoo is not None:
         z = profile.zoo
         params.update(dataset=z.dataset, evaluated=f"{z.kstar_split} split, "
                       + (f"{z.kstar_per_class} per class" if z.kstar_per_class else "all samples"),
-                      epochs=f"{z.epochs} (robust {z.robust_epochs})", linf_budgets=list(z.linf_budgets),
-                      l2_budgets=list(z.l2_budgets), eval_eps=z.eval_eps,
-                      attack=f"AutoAttack {z.attack_version}, {z.attack_samples} images", width=z.base_width,
+                      training_images=f"at most {z.train_limit} per model" if z.train_limit else "the whole split",
+                      epochs=f"{z.epochs} (robust {z.robust_epochs})", learning_rate=z.lr, batch_size=z.batch_size,
+                      pgd_steps=z.pgd_steps, linf_budgets=list(z.linf_budgets), l2_budgets=list(z.l2_budgets),
+                      eval_eps=z.eval_eps, attack=f"AutoAttack {z.attack_version}, {z.attack_samples} images",
+                      base_width=z.base_width, widths=list(z.widths), training_fractions=list(z.fractions),
                       latent=z.latent, shifts=list(z.shifts))
     if profile.robustbench is not None:
         params.update(robustbench=f"{len(profile.robustbench.models)} models on {profile.robustbench.dataset}")

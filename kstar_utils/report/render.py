@@ -13,7 +13,7 @@ import datetime as _dt
 import math
 import os
 import subprocess
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from typing import Any
 import pandas as pd
 from markupsafe import Markup
 
+from ..evidence import format_number
 from ..plumbing import atomic_write_text
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -53,10 +54,26 @@ def format_value(value: Any, digits: int = 3) -> str:
             return MISSING
         if math.isinf(value):
             return "inf" if value > 0 else "-inf"
-        return f"{value:.{digits}f}"
+        return format_number(value, digits)  # never "-0.000"
     if isinstance(value, str) and value.lower() in ("nan", ""):
         return MISSING
     return str(value)
+
+
+HEADER_WORDS = {"gamma_prime": "Gamma'", "gamma": "Gamma", "latent_1nn_accuracy": "latent 1-NN accuracy",
+                "n_samples": "samples", "ci_lo": "95% CI lo", "ci_hi": "95% CI hi",
+                "p_tests": "p tested on", "rho_of_means": "rho of the means"}
+
+
+def readable_header(column: str) -> str:
+    """A results column as a table header: "gamma_prime_lo" -> "Gamma' 95% lo", "robust_accuracy_Linf" ->
+    "robust accuracy Linf"; other names with their underscores as spaces."""
+    name = str(column)
+    for suffix, words in (("_lo", " 95% lo"), ("_hi", " 95% hi")):
+        base = name[: -len(suffix)]
+        if name.endswith(suffix) and (base in HEADER_WORDS or base.endswith("accuracy")):
+            return readable_header(base) + words
+    return HEADER_WORDS.get(name, name.replace("_", " "))
 
 
 def table_html(frame: pd.DataFrame, links: dict[str, dict[str, str]] | None = None, digits: int = 3) -> Markup:
@@ -69,7 +86,9 @@ def table_html(frame: pd.DataFrame, links: dict[str, dict[str, str]] | None = No
             text = format_value(value, digits)
             row.append({"text": text, "href": links.get(column, {}).get(value)})
         rows.append(row)
-    return _trusted(environment().get_template("table.html.j2").render(columns=list(frame.columns), rows=rows))
+    missing = any(cell["text"] == MISSING for row in rows for cell in row)
+    return _trusted(environment().get_template("table.html.j2").render(columns=[readable_header(c) for c in frame.columns], rows=rows,
+                                                                       missing=MISSING if missing else None))
 
 
 def png(fig) -> str:
@@ -119,6 +138,18 @@ def git_commit() -> str:
         return "not a git checkout"
 
 
+def plain(value: Any) -> str:
+    """A parameter as prose, not a Python repr: lists and tuples comma-separated, mappings as "key value" pairs,
+    numbers in their shortest form ("0.1", not "0.100")."""
+    if isinstance(value, Mapping):
+        return ", ".join(f"{k} {plain(v)}" for k, v in value.items()) or "none"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(plain(v) for v in value) or "none"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
 def footer(summary: dict) -> list[tuple[str, str]]:
     """Provenance shown on every page: commit, versions, seeds, profile parameters, data hash, date."""
     from ..kstar import versions
@@ -128,8 +159,9 @@ def footer(summary: dict) -> list[tuple[str, str]]:
     params = summary.get("parameters", {})
     return [
         ("profile", f"{summary['profile']} ({summary.get('origin', '')}; digest {summary.get('profile_digest', '')})"),
-        ("parameters", "; ".join(f"{k} = {v}" for k, v in params.items()) or MISSING),
-        ("seeds", str(summary.get("seeds", MISSING))),
+        ("parameters", "; ".join(f"{k.replace('_', ' ')} = {plain(v)}" for k, v in params.items()) or MISSING),
+        ("seeds", "; ".join(f"{k} {plain(v)}" for k, v in summary["seeds"].items()) if summary.get("seeds")
+         else MISSING),
         ("data hash", summary.get("data_hash", MISSING)),
         ("git commit", git_commit()),
         ("versions", ", ".join(f"{k} {v}" for k, v in libs.items() if v)),
