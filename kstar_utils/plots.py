@@ -637,14 +637,15 @@ def gamma_regions(frame: pd.DataFrame, x: str, y: str = "gamma_prime", hue: str 
                         yerr=[agg["ym"] - agg["ymin"], agg["ymax"] - agg["ym"]], fmt=marker, ms=8, color=colour,
                         mec="black", mew=0.7, lw=1.4, capsize=2, zorder=4,
                         label=f"{name}: mean and range over seeds" if hue else "mean and range over seeds")
-            points_for_labels.append(agg.rename(columns={"xm": x, "ym": y, "name": "_label"})[[x, y, "_label"]])
+            points_for_labels.append(agg.rename(columns={"xm": x, "ym": y, "name": "_label"})[[x, y, "_label"]]
+                                     .assign(_group=str(name)))
         else:
             xe = _errors(part[x].to_numpy(float), *(part[c].to_numpy(float) for c in xcols)) if xcols else None
             ye = _errors(part[y].to_numpy(float), *(part[c].to_numpy(float) for c in ycols)) if ycols else None
             ax.errorbar(part[x], part[y], xerr=xe, yerr=ye, fmt=marker, ms=7, color=colour, mec="black", mew=0.7,
                         lw=1.0, capsize=2, zorder=4, label=str(name) if hue else None)
             if label and label in part:
-                points_for_labels.append(part[[x, y]].assign(_label=part[label].astype(str)))
+                points_for_labels.append(part[[x, y]].assign(_label=part[label].astype(str), _group=str(name)))
         if stats:
             unit_name = units or ("model-seed pairs" if seeds_shown else "models")
             ev = evidence.correlation_evidence(part[x], part[y], units=unit_name, n_boot=n_boot, seed=seed,
@@ -661,6 +662,8 @@ def gamma_regions(frame: pd.DataFrame, x: str, y: str = "gamma_prime", hue: str 
     chosen = pd.DataFrame(columns=[x, y, "_label"])
     if points_for_labels:
         pts = pd.concat(points_for_labels, ignore_index=True).dropna(subset=[x, y])
+        if hue and pts["_label"].duplicated().any():  # one name in two groups ("standard" under Linf and L2)
+            pts["_label"] = pts["_group"] + ": " + pts["_label"]
         chosen = _pick_labels(pts, x, y, max_labels)
         if len(chosen) < len(pts):
             stat_lines.append(f"{len(chosen)} of {len(pts)} points labelled (the most extreme)")

@@ -211,6 +211,18 @@ def test_gamma_regions_shows_the_spread_over_seeds_and_labels_only_a_few_when_cr
     assert xs[0] == pytest.approx(first["accuracy"].mean()) and ys[0] == pytest.approx(first["gamma_prime"].mean())
 
 
+def test_gamma_regions_names_the_group_when_one_label_appears_in_two_groups():
+    table = _robustness_table(1)
+    table.loc[table.index[:2], "model"] = "standard"  # as the pipeline lists a standard model under each threat model
+    table.loc[table.index[:2], "threat_model"] = ["Linf", "L2"]
+    fig = plots.gamma_regions(table, "accuracy", hue="threat_model", n_boot=200, max_labels=30)
+    labels = [t.get_text() for t in fig.axes[0].texts]
+    assert "Linf: standard" in labels and "L2: standard" in labels and "standard" not in labels
+    single = plots.gamma_regions(table[table.threat_model == "Linf"], "accuracy", hue="threat_model", n_boot=200,
+                                 max_labels=30)
+    assert "standard" in [t.get_text() for t in single.axes[0].texts]
+
+
 def test_gamma_regions_keeps_the_old_call_working():
     table = _robustness_table(1).drop(columns=["gamma_prime_lo", "gamma_prime_hi"])
     fig = plots.gamma_regions(table, "accuracy", hue="threat_model", label=None, n_boot=200)
