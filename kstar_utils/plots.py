@@ -689,7 +689,9 @@ def gamma_regions(frame: pd.DataFrame, x: str, y: str = "gamma_prime", hue: str 
            + (f", grouped by {hue}" if hue else "") + " on three bands: mostly fractured above "
            f"{threshold}, overlapped between, clustered below -{threshold}"
            + (f"; {'; '.join(bars)}" if bars else "") + (f". {'. '.join(stat_lines)}" if stat_lines else "") + ".")
-    return _finish(fig, alt)
+    bands = (f"Bands: mostly fractured (Gamma' > {threshold:g}, blue), overlapped (red), clustered "
+             f"(Gamma' < -{threshold:g}, green).")
+    return _finish(fig, alt, " ".join([bands] + [b[0].upper() + b[1:] + "." for b in bars]))
 
 
 def _aggregate_cells(table: pd.DataFrame, keys: list[str], value: str, extra: list[str]) -> pd.DataFrame:

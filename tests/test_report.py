@@ -114,6 +114,7 @@ def test_every_page_holds_its_figures_footer_alt_text_and_working_links(report):
             if target:
                 assert (site / target).exists(), (path.name, href)
         assert not re.search(r"""<(script|iframe)\b""", text, re.IGNORECASE), path.name
+        assert "No description has been provided" not in text, path.name  # notebook figures carry their alt text
 
 
 def test_index_states_verdicts_rule_caveats_and_links_every_model(report):
@@ -123,6 +124,7 @@ def test_index_states_verdicts_rule_caveats_and_links_every_model(report):
     assert summary["claims"] and all(c["verdict"] in ("reproduced", "not reproduced", "inconclusive")
                                      for c in summary["claims"])
     assert "Verdict rule" in text and "Caveats" in text and "1-NN" in text and 'class="failed"' not in text
+    assert text.count("<figcaption>Bands: mostly fractured") == 2  # each summary figure says what it draws
     models = [m for m in summary["models"] if m["results"]]
     model_pages = sorted(site.glob("model--*.html"))
     assert len(model_pages) == len(models) == 4
@@ -309,3 +311,12 @@ def test_tables_have_readable_headers_no_negative_zero_and_explain_the_dash():
     assert "-0.000" not in html and ">0.000<" in html and ">0.250<" in html
     assert f"{MISSING}: not measured for that row" in html
     assert "not measured" not in str(table_html(pd.DataFrame({"a": [1.0]})))
+
+
+def test_notebook_figures_are_displayed_with_their_alt_text():
+    from kstar_utils import plots
+    from kstar_utils.report.notebook import figure_png_with_alt
+
+    fig = plots.framework_schematic()
+    data, metadata = figure_png_with_alt(fig)
+    assert data.startswith(b"\x89PNG") and metadata == {"alt": plots.alt_text(fig), "width": plots.DISPLAY_WIDTH_PX}

@@ -5,7 +5,8 @@
 in this process (finished tasks are reused from the results store) and aggregates it first.
 
 Notebook outputs become HTML pages, so every string that may come from a user (labels, class names, titles) must be
-escaped before it reaches Markdown or HTML: :func:`show_markdown` and :func:`show_table` do that.
+escaped before it reaches Markdown or HTML: :func:`show_markdown` and :func:`show_table` do that. Importing this
+module inside IPython also makes matplotlib figures display with their alt text (:func:`figures_with_alt_text`).
 """
 
 from __future__ import annotations
@@ -89,6 +90,34 @@ def open_results(profile: Any = "default", results_dir: str | os.PathLike | None
     store = store_for(prof)
     run_grid(build_grid(prof), store, client=None, progress=progress)
     return Results(aggregate(prof, store, Path(results_dir) if results_dir else store / "report"))
+
+
+def figure_png_with_alt(fig: Any) -> tuple[bytes, dict[str, str]]:
+    """A figure's PNG and, as display metadata, its alt text (which nbconvert writes into the page's ``alt``) and the
+    width the plots module checked its fonts for (DISPLAY_WIDTH_PX, as on the index)."""
+    from ..plots import DISPLAY_WIDTH_PX, alt_text, figure_png
+
+    return figure_png(fig), {"alt": alt_text(fig), "width": DISPLAY_WIDTH_PX}
+
+
+def figures_with_alt_text() -> None:
+    """In IPython (a notebook run by papermill, or JupyterLab), display matplotlib figures with the alt text the
+    plots module wrote, so that the published pages describe every figure instead of nbconvert's "No description
+    has been provided for this image". Outside IPython nothing happens."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is None:
+        return
+    from matplotlib.figure import Figure
+
+    try:  # the inline backend sets its own PNG formatter when it loads: load it first, so that ours stays
+        import matplotlib_inline.backend_inline  # noqa: F401
+    except ImportError:
+        pass
+    shell.display_formatter.formatters["image/png"].for_type(Figure, figure_png_with_alt)
 
 
 def escape(value: Any) -> str:
@@ -223,3 +252,6 @@ def chance_accuracy(results: Results) -> float:
         if m["results"]:
             return 1.0 / len(results.kstar(m["id"]).per_class)
     return float("nan")
+
+
+figures_with_alt_text()  # every notebook imports this module first: from then on its figures carry their alt text

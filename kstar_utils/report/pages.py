@@ -128,16 +128,16 @@ def index_figures(results: Results) -> list[dict]:
         fig = plots.gamma_regions(rob, "robust_accuracy", hue="threat_model", **plots.seed_grouping(rob),
                                   xlabel=results.summary.get("x_labels", {}).get("robustness", "robust accuracy"),
                                   title="Gamma' against robustness")
-        figures.append({"png": png(fig), "alt": alt_text(fig, "Gamma' of each robust model against its robust "
-                                                              "accuracy, on the fractured/overlapped/clustered "
-                                                              "regions")})
+        figures.append({"alt": alt_text(fig, "Gamma' of each robust model against its robust accuracy, on the "
+                                             "fractured/overlapped/clustered regions"),
+                        "caption": plots.caption(fig), "png": png(fig)})
     gen = results.table("generalisation")
     if not gen.empty:
         fig = plots.gamma_regions(gen, "accuracy", hue="set", label=None, **plots.seed_grouping(gen),
                                   xlabel=results.summary.get("x_labels", {}).get("generalisation", "accuracy"),
                                   title="Gamma' against generalisation")
-        figures.append({"png": png(fig), "alt": alt_text(fig, "Gamma' of each model on each data set against its "
-                                                              "accuracy there")})
+        figures.append({"alt": alt_text(fig, "Gamma' of each model on each data set against its accuracy there"),
+                        "caption": plots.caption(fig), "png": png(fig)})
     return figures
 
 
