@@ -192,6 +192,38 @@ def test_a_report_folder_may_hold_another_report_in_a_sub_folder(tmp_path):
         ReportFolder(inner).check()
 
 
+def test_a_crafted_file_list_cannot_delete_outside_the_folder_or_an_edited_page(tmp_path):
+    """The manifest is read from disk (and committed to git): its entries are checked, and a page is only removed
+    when it is still the file kstar wrote."""
+    import json
+
+    from kstar_utils.plumbing import sha256_file
+    from kstar_utils.report.publish import ReportFolder
+
+    def publish(folder: Path, *pages: str) -> None:
+        with ReportFolder(folder).staging() as stage:
+            for page in pages:
+                (stage / page).write_text(f"<p>{page}</p>\n")
+
+    out, precious = tmp_path / "reports", tmp_path / "precious.txt"
+    precious.write_text("keep")
+    publish(out, "index.html")
+    manifest = out / MANIFEST
+    record = json.loads(manifest.read_text())
+    for bad in ("../precious.txt", str(precious)):
+        manifest.write_text(json.dumps({**record, "files": {**record["files"], bad: sha256_file(precious)}}))
+        with pytest.raises(ReportFolderError, match="outside its folder"):
+            publish(out, "index.html")
+        assert precious.read_text() == "keep"
+    manifest.write_text(json.dumps(record))
+    publish(out, "index.html", "old.html", "edited.html")
+    (out / "edited.html").write_text("<p>my notes</p>")  # the user's edit: no longer the file kstar wrote
+    publish(out, "index.html")
+    assert not (out / "old.html").exists() and (out / "edited.html").read_text() == "<p>my notes</p>"
+    with pytest.raises(ReportFolderError, match="edited.html"):  # and from now on it is foreign
+        ReportFolder(out).check()
+
+
 def test_a_failed_report_leaves_the_previous_one_intact(report, env, monkeypatch):
     site = report.parent
     before = {p: p.read_bytes() for p in site.rglob("*") if p.is_file()}

@@ -41,14 +41,20 @@ class ReportFolder:
         return self.out / MANIFEST
 
     def owned(self) -> dict[str, str]:
-        """Relative path -> SHA-256 of every file the last report wrote."""
+        """Relative path -> SHA-256 of every file the last report wrote. The list is read from disk, so it is checked
+        like any input: an entry that is absolute or climbs out of the folder ("..") is refused, never followed."""
         try:
-            return dict(json.loads(self.manifest_path.read_text())["files"])
+            files = dict(json.loads(self.manifest_path.read_text())["files"])
         except FileNotFoundError:
             return {}
         except (ValueError, KeyError, TypeError):
             raise ReportFolderError(f"{self.manifest_path} is damaged; delete it (and the pages it listed) or choose "
                                     "another --out folder.") from None
+        outside = [rel for rel in files if not _inside(rel)]
+        if outside:
+            raise ReportFolderError(f"{self.manifest_path} lists paths outside its folder ({', '.join(outside[:3])}); "
+                                    "kstar never writes such a list: delete it, or choose another --out folder.")
+        return files
 
     def _stale_staging(self) -> list[Path]:
         return [p for p in self.out.glob(f"{STAGING_PREFIX}*") if p.is_dir() and (p / STAGING_MARK).exists()]
@@ -118,7 +124,9 @@ class ReportFolder:
             os.replace(path, target)
         for rel in set(old) - set(files):
             target = self.out / rel
-            target.unlink(missing_ok=True)
+            if not _unchanged(target, self.out, old[rel]):
+                continue  # edited (or replaced) since kstar wrote it: not the tool's file any more, so it stays
+            target.unlink()
             for parent in target.parents:
                 if parent == self.out or not parent.is_dir() or any(parent.iterdir()):
                     break
@@ -126,3 +134,19 @@ class ReportFolder:
         write_json(self.manifest_path, {"tool": "kstar_utils", "files": files,
                                         "published": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
         return sorted(files)
+
+
+def _inside(rel: str) -> bool:
+    """A manifest entry names a file inside the folder: relative, no "..", no drive or root."""
+    path = Path(rel)
+    return bool(rel) and not path.is_absolute() and not path.drive and ".." not in path.parts
+
+
+def _unchanged(target: Path, out: Path, sha: str) -> bool:
+    """The file kstar wrote is still there as written: a regular file (not a link), inside ``out`` once every link on
+    the way is followed, with the SHA-256 the manifest recorded."""
+    if target.is_symlink() or not target.is_file():
+        return False
+    if out not in target.resolve().parents:
+        return False
+    return sha256_file(target) == sha
