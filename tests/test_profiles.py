@@ -55,6 +55,25 @@ BAD = [
     ("", "is empty"),
     ("extends: nonsense\n", "unknown profile 'nonsense'"),
     ("extends: 3\n", "extends is 3; expected a profile name"),
+    # values of the right type but out of range are refused when the profile is read, not by a task much later
+    ("extends: smoke\nname: ../../../tmp/escaped\n", "profile name '../../../tmp/escaped' cannot name a folder"),
+    ("extends: smoke\nname: /tmp/x\n", "profile name '/tmp/x' cannot name a folder"),
+    ("extends: smoke\ncompute: {seed: -1}\n", "compute.seed is -1; it must be at least 0"),
+    ("extends: smoke\nzoo: {epochs: -5}\n", "zoo.epochs is -5; it must be at least 1"),
+    ("extends: smoke\nzoo: {lr: .nan}\n", "zoo.lr is nan; it must be a finite number above 0"),
+    ("extends: smoke\nzoo: {latent: 0}\n", "zoo.latent is 0; it must be at least 1"),
+    ("extends: smoke\nzoo: {train_limit: -1}\n", "zoo.train_limit is -1; it must be at least 1"),
+    ("extends: smoke\nzoo: {kstar_per_class: 0}\n", "zoo.kstar_per_class is 0; it must be at least 1"),
+    ("extends: smoke\nzoo: {fractions: [0.5, 7.0]}\n", r"zoo.fractions\[1\] is 7.0; a fraction .* \(0, 1\]"),
+    ("extends: smoke\nzoo: {linf_budgets: [0.1, .inf]}\n", r"zoo.linf_budgets\[1\] is inf; it must be a finite"),
+    ("extends: smoke\nzoo: {eval_eps: {Linf: -1}}\n", "zoo.eval_eps.Linf is -1.0; it must be a finite number"),
+    ("extends: smoke\nzoo: {seeds: [0, 0]}\n", r"zoo.seeds repeats \[0\]"),
+    ("robustbench:\n  models:\n    - {name: X, threat_model: Linf, clean_accuracy: 7.5}\n",
+     r"clean_accuracy of X is 7.5; accuracies are fractions in \[0, 1\]"),
+    ("robustbench:\n  models: []\n", "robustbench.models is empty"),
+    ("robustbench:\n  models:\n    - {name: X, threat_model: Linf}\n  per_class: -3\n",
+     "robustbench.per_class is -3; it must be at least 1"),
+    ("openclip:\n  models: []\n  datasets: [cifar10]\n", "openclip.models is empty"),
 ]
 
 
@@ -67,6 +86,13 @@ def test_bad_profiles_name_the_key_and_the_file(tmp_path, text, message):
     assert isinstance(info.value, KStarError) and "\n" not in str(info.value)
     if "YAML" not in message and "empty" not in message and "extends" not in message:
         assert str(path) in str(info.value)
+
+
+def test_a_profile_that_is_not_utf8_is_refused_in_one_line(tmp_path):
+    path = tmp_path / "utf16.yaml"
+    path.write_bytes(b"\xff\xfename: x\n")
+    with pytest.raises(ProfileError, match="is not UTF-8 text"):
+        load_profile(path)
 
 
 def test_unknown_names_and_missing_files():

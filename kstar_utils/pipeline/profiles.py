@@ -12,7 +12,9 @@ to evaluate them; ``robustbench:`` and ``openclip:`` sections name published mod
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -27,6 +29,7 @@ from ..plumbing import stable_hash
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 THREAT_MODELS = ("Linf", "L2", "corruptions")
+PROFILE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9 ._+-]{0,63}")  # it names a folder of the results store
 
 
 def profiles_dir() -> Path:
@@ -56,6 +59,7 @@ class ComputeOptions:
         _at_least("compute.batch_size", self.batch_size, 1)
         _at_least("compute.workers", self.workers, 0)
         _at_least("compute.bootstrap", self.bootstrap, 0)
+        _at_least("compute.seed", self.seed, 0)
 
 
 @dataclass(frozen=True)
@@ -91,6 +95,26 @@ class ZooSection:
             raise ProfileError("zoo.seeds is empty: give at least one seed, e.g. seeds: [0, 1, 2].")
         _at_least("zoo.attack_samples", self.attack_samples, 1)
         _choice("zoo.kstar_split", self.kstar_split, ("train", "test"))
+        for key in ("epochs", "robust_epochs", "base_width", "latent", "batch_size", "pgd_steps"):
+            _at_least(f"zoo.{key}", getattr(self, key), 1)
+        for key in ("train_limit", "kstar_per_class"):
+            if getattr(self, key) is not None:
+                _at_least(f"zoo.{key}", getattr(self, key), 1)
+        for i, seed in enumerate(self.seeds):
+            _at_least(f"zoo.seeds[{i}]", seed, 0)
+        _distinct("zoo.seeds", self.seeds)
+        for i, width in enumerate(self.widths):
+            _at_least(f"zoo.widths[{i}]", width, 1)
+        _positive("zoo.lr", self.lr)
+        for key in ("linf_budgets", "l2_budgets"):
+            for i, eps in enumerate(getattr(self, key)):
+                _positive(f"zoo.{key}[{i}]", eps)
+        for norm, eps in self.eval_eps.items():
+            _positive(f"zoo.eval_eps.{norm}", eps)
+        for i, fraction in enumerate(self.fractions):
+            if not (0 < fraction <= 1):
+                raise ProfileError(f"zoo.fractions[{i}] is {fraction!r}; a fraction of the training set lies in "
+                                   "(0, 1], e.g. 0.25.")
         from ..zoo.shifts import SHIFTS
 
         for shift in self.shifts:
@@ -109,6 +133,11 @@ class RobustBenchModel:
 
     def __post_init__(self) -> None:
         _choice("robustbench.models[].threat_model", self.threat_model, THREAT_MODELS)
+        for key in ("clean_accuracy", "robust_accuracy"):
+            value = getattr(self, key)
+            if value is not None and not (0 <= value <= 1):
+                raise ProfileError(f"robustbench.models[].{key} of {self.name} is {value!r}; accuracies are "
+                                   "fractions in [0, 1] (divide a percentage by 100).")
 
 
 @dataclass(frozen=True)
@@ -121,6 +150,12 @@ class RobustBenchSection:
     per_class: int | None = None
     data_root: str | None = None
     model_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.models:
+            raise ProfileError("robustbench.models is empty: list at least one model, or drop the section.")
+        if self.per_class is not None:
+            _at_least("robustbench.per_class", self.per_class, 1)
 
 
 @dataclass(frozen=True)
@@ -144,6 +179,14 @@ class OpenCLIPSection:
     data_root: str | None = None
     normalize: bool = True
 
+    def __post_init__(self) -> None:
+        if not self.models:
+            raise ProfileError("openclip.models is empty: list at least one model, or drop the section.")
+        if not self.datasets:
+            raise ProfileError("openclip.datasets is empty: list at least one data set, or drop the section.")
+        if self.per_class is not None:
+            _at_least("openclip.per_class", self.per_class, 1)
+
 
 @dataclass(frozen=True)
 class Profile:
@@ -160,6 +203,9 @@ class Profile:
     origin: str = "built-in"  # where the profile came from (set by load_profile, not a YAML key)
 
     def __post_init__(self) -> None:
+        if not PROFILE_NAME.fullmatch(self.name or ""):
+            raise ProfileError(f"profile name {self.name!r} cannot name a folder: use letters, digits, spaces and . _ + - "
+                               "only (at most 64, starting with a letter, digit or _); it names the results folder.")
         if not (self.zoo or self.robustbench or self.openclip):
             raise ProfileError(f"profile {self.name!r} ({self.origin}) names no models: give a 'zoo', 'robustbench' "
                                "or 'openclip' section.")
@@ -192,6 +238,17 @@ def _at_least(key: str, value: int, minimum: int) -> None:
 
 
 # ------------------------------------------------------------------------------------------------------- validation
+def _positive(key: str, value: float) -> None:
+    if not (math.isfinite(value) and value > 0):
+        raise ProfileError(f"{key} is {value!r}; it must be a finite number above 0.")
+
+
+def _distinct(key: str, values: tuple) -> None:
+    repeated = sorted({v for v in values if values.count(v) > 1})
+    if repeated:
+        raise ProfileError(f"{key} repeats {repeated}; each value once (a repeat would train the same model twice).")
+
+
 def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):
@@ -290,6 +347,8 @@ def _read_yaml(path: Path) -> dict:
         raise ProfileError(f"profile {path}: invalid YAML{at}: {problem}.") from None
     except OSError as err:
         raise ProfileError(f"profile {path} cannot be read: {err.strerror or err}.") from None
+    except UnicodeDecodeError as err:
+        raise ProfileError(f"profile {path} is not UTF-8 text (byte {err.start}); save it as UTF-8.") from None
     if data is None:
         raise ProfileError(f"profile {path} is empty; see the built-in profiles in {profiles_dir()}.")
     if not isinstance(data, dict):
