@@ -77,8 +77,8 @@ def to_numpy_labels(labels: Any) -> np.ndarray:
         labels = labels.detach().cpu().numpy()
     if hasattr(labels, "to_numpy") and not isinstance(labels, np.ndarray):  # pandas Series / arrays
         labels = labels.to_numpy(dtype=object) if getattr(labels, "hasnans", False) else labels.to_numpy()
-    if isinstance(labels, (list, tuple)):
-        labels = np.asarray(labels, dtype=object) if any(_is_missing(v) for v in labels) else labels
+    if isinstance(labels, (list, tuple)):  # kept as objects: np.asarray would print [1, "1"] to one string class
+        labels = np.asarray(labels, dtype=object)
     array = np.asarray(labels)
     if array.dtype == object or array.dtype.kind in "US":
         flat = array.ravel()
@@ -89,7 +89,12 @@ def to_numpy_labels(labels: Any) -> np.ndarray:
                 "or remove those samples (and their feature rows)."
             )
     if array.dtype == object:
-        array = np.asarray([str(v) for v in array.ravel()]).reshape(array.shape)
+        array = _object_labels(array)
+    if array.dtype.kind == "S":  # bytes: their text, as class names
+        array = array.astype(str)
+    if array.dtype.kind == "u" and array.size and array.max() > np.iinfo(np.int64).max:
+        raise KStarInputError("labels hold integer ids above 2**63 - 1; renumber the classes (e.g. with "
+                              "np.unique(labels, return_inverse=True)[1]) or pass class names.")
     if np.issubdtype(array.dtype, np.floating):
         missing = np.flatnonzero(np.isnan(array.ravel()))
         if missing.size:
@@ -101,8 +106,51 @@ def to_numpy_labels(labels: Any) -> np.ndarray:
             raise KStarInputError(
                 "labels are floats that are not whole numbers (or inf); pass integer class ids or class names."
             )
+        if array.size and np.abs(array).max() >= 2.0**63:  # astype(int64) would wrap them into one class
+            raise KStarInputError("labels are whole-number floats beyond the int64 range (e.g. 1e30); pass class "
+                                  "names or smaller integer ids.")
         array = array.astype(np.int64)
     return array
+
+
+def _label_kind(value: Any) -> str:
+    if isinstance(value, (bool, np.bool_)):
+        return "bool"
+    if isinstance(value, (int, np.integer)):
+        return "int"
+    if isinstance(value, (float, np.floating)):
+        return "float"
+    if isinstance(value, (str, bytes)):
+        return "str"
+    return type(value).__name__
+
+
+def _object_labels(array: np.ndarray) -> np.ndarray:
+    """Labels of an object array in one type: strings (class names), or numbers (checked like numeric labels).
+
+    Mixed kinds are refused rather than printed to strings: 1 and "1" would become one class, 1 and 1.0 two.
+    """
+    flat = list(array.ravel())
+    kinds = sorted({_label_kind(v) for v in flat})
+    if kinds == ["str"]:
+        text = [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in flat]
+        return np.asarray(text).reshape(array.shape)
+    if set(kinds) <= {"int", "float"}:
+        try:
+            return np.asarray(flat, dtype=np.float64 if "float" in kinds else np.int64).reshape(array.shape)
+        except OverflowError:
+            raise KStarInputError("labels hold integer ids beyond the int64 range; renumber the classes or pass "
+                                  "class names.") from None
+    if kinds == ["bool"]:
+        return np.asarray(flat, dtype=bool).reshape(array.shape)
+    examples = {}
+    for v in flat:
+        examples.setdefault(_label_kind(v), v)
+    shown = ", ".join(f"{examples[k]!r:.40} ({k})" for k in kinds)
+    if not set(kinds) & {"int", "float", "str", "bool"}:
+        raise KStarInputError(f"labels must be class names or integer ids, got {shown}; pass one label per sample.")
+    raise KStarInputError(f"labels mix types: {shown}; give every label the same type (all class names, or all "
+                          "integer ids), so that no two labels print alike by accident.")
 
 
 def check_inputs(features: Any, labels: Any, metric: str = "euclidean") -> CheckedInput:

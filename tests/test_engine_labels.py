@@ -115,3 +115,25 @@ def test_single_column_csv_with_a_label_header(tmp_path):
     assert read_labels(tmp_path / "y.txt").tolist() == ["label", "cat", "dog"]
     (tmp_path / "r.csv").write_text("label\ncat\nlabel\n")  # 'label' recurs: it is a class, not a header
     assert read_labels(tmp_path / "r.csv").tolist() == ["label", "cat", "label"]
+
+
+@pytest.mark.parametrize("labels, message", [
+    ([1e30] * 3 + [2e30] * 3, "beyond the int64 range"),  # astype(int64) would wrap both into one class
+    ([1] * 3 + ["1"] * 3, r"labels mix types: 1 \(int\), '1' \(str\)"),  # str() would merge them
+    (np.array([1] * 3 + ["1"] * 3, dtype=object), r"labels mix types"),
+    (np.array([2**63 + 5] * 3 + [1] * 3, dtype=np.uint64), r"above 2\*\*63 - 1"),
+    ([(0, 1)] * 3 + [(1,)] * 3, "class names or integer ids"),
+])
+def test_labels_that_would_merge_or_wrap_are_refused(labels, message):
+    x = np.random.default_rng(0).normal(size=(6, 2))
+    with pytest.raises(KStarInputError, match=message):
+        compute_kstar(x, labels)
+
+
+def test_labels_of_one_type_keep_their_classes():
+    x = np.random.default_rng(0).normal(size=(8, 2))
+    assert compute_kstar(x, [b"a"] * 4 + [b"b"] * 4).per_class["label"].tolist() == ["a", "b"]
+    assert compute_kstar(x, np.array([b"a"] * 4 + [b"b"] * 4)).per_class["label"].tolist() == ["a", "b"]
+    assert compute_kstar(x, [1] * 4 + [2.0] * 4).per_class["label"].tolist() == [1, 2]
+    assert compute_kstar(x, [10**3] * 4 + [7] * 4).per_class["label"].tolist() == [7, 1000]
+    assert compute_kstar(x, ["1"] * 4 + ["01"] * 4).per_class["label"].tolist() == ["01", "1"]
