@@ -44,7 +44,7 @@ import torch
 from tqdm import tqdm
 
 from .errors import KStarInputError
-from .tile_kernels import counts_below, row_minimum, torch_threads_kept
+from .tile_kernels import counts_below, direct_distances, row_minimum, torch_threads_kept
 
 UNIT_ROUNDOFF_FP32 = 2.0**-24
 DEFAULT_BLOCK_BYTES = 8 * 2**20  # used by default_block_size (the row-wise paths' rows per block)
@@ -196,16 +196,30 @@ def sort_by_class(features: np.ndarray, codes: np.ndarray, device: torch.device)
     )
 
 
+# After rescaling, no nonzero feature may lie below this: a square below 2**-1000 nears float64's subnormal range
+MIN_SCALED_MAGNITUDE = 2.0**-500
+
+
 def _unit_scale(features: np.ndarray) -> np.ndarray:
     """Features of extreme magnitude (squares that overflow float32, or underflow) rescaled by a power of two.
 
     Multiplying by 2^k is exact in binary floating point, so every distance scales by exactly 2^k and no comparison
-    changes; values in a normal range are returned untouched.
+    changes; values in a normal range are returned untouched. Features whose magnitudes differ so much that the
+    rescale would push the small ones' squares out of float64's normal range are refused (KStarInputError).
     """
     peak = max(float(features.max()), -float(features.min())) if features.size else 0.0  # no |x| temporary
     if peak == 0.0 or 2.0**-30 <= peak <= 2.0**30:
         return features
-    return np.ldexp(features, -int(np.floor(np.log2(peak))))
+    shift = -int(np.floor(np.log2(peak)))
+    magnitude = np.abs(features)
+    smallest = float(magnitude[magnitude > 0].min())
+    if np.ldexp(smallest, shift) < MIN_SCALED_MAGNITUDE:
+        row = int(np.flatnonzero(magnitude.max(axis=1) == peak)[0])
+        raise KStarInputError(
+            f"features span too many orders of magnitude for float64 distances: {peak:.3g} (row {row}) against "
+            f"{smallest:.3g} elsewhere; scaled into float32's range, the small values' squares would underflow to "
+            "zero. Standardise the features, or remove the outlying rows.")
+    return np.ldexp(features, shift)
 
 
 def default_block_size(n: int, block_bytes: int = DEFAULT_BLOCK_BYTES) -> int:
@@ -229,13 +243,14 @@ def _tile_columns(block_rows: int, data: "ClassSortedFeatures") -> int:
 
 
 def exact_pair_distances(exact: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-    """float64 direct-form distances sqrt(sum (x_r - x_c)^2) for index pairs, gathered in bounded chunks."""
+    """float64 direct-form distances sqrt(sum (x_r - x_c)^2) for index pairs, the sum in index order
+    (:func:`kstar_utils.tile_kernels.direct_distances`), in bounded chunks off the CPU."""
+    if exact.device.type == "cpu":
+        return direct_distances(exact, rows, cols)
     out = torch.empty(rows.shape[0], dtype=torch.float64, device=exact.device)
     step = max(1, PAIR_CHUNK_ELEMENTS // max(1, exact.shape[1]))
     for lo in range(0, rows.shape[0], step):
-        hi = lo + step
-        diff = exact[rows[lo:hi]] - exact[cols[lo:hi]]
-        out[lo:hi] = torch.sqrt((diff * diff).sum(dim=1))
+        out[lo : lo + step] = direct_distances(exact, rows[lo : lo + step], cols[lo : lo + step])
     return out
 
 
@@ -677,17 +692,24 @@ def nearest_among(data: ClassSortedFeatures, rows: torch.Tensor, cols: torch.Ten
 
 
 def brute_force_kstar(features: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """SPEC's k*, straight from the definition: float64 direct-form distances, O(N^2 D) memory per row. For tests."""
+    """SPEC's k*, straight from the definition: float64 direct-form distances (the sum over dimensions in index
+    order, as the engine's re-check takes it), a block of rows at a time. For tests."""
     x = np.asarray(features, dtype=np.float64)
     y = np.asarray(labels)
-    out = np.empty(len(x), dtype=np.int64)
-    for p in range(len(x)):
-        d = np.sqrt(((x - x[p]) ** 2).sum(axis=1))
-        same = y == y[p]
-        same[p] = False
-        foreign = y != y[p]
-        r = d[foreign].min()
-        out[p] = 1 + int(np.count_nonzero(d[same] < r))
+    n = len(x)
+    out = np.empty(n, dtype=np.int64)
+    step = max(1, 2**22 // max(n, 1))
+    for lo in range(0, n, step):
+        rows = np.arange(lo, min(lo + step, n))
+        total = np.zeros((len(rows), n))
+        for i in range(x.shape[1]):
+            total += (x[None, :, i] - x[rows, None, i]) ** 2
+        d = np.sqrt(total)
+        same = y[None, :] == y[rows, None]
+        same[np.arange(len(rows)), rows] = False  # self excluded explicitly
+        foreign = y[None, :] != y[rows, None]
+        r = np.where(foreign, d, np.inf).min(axis=1)
+        out[rows] = 1 + np.count_nonzero(same & (d < r[:, None]), axis=1)
     return out
 
 

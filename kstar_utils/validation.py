@@ -17,9 +17,6 @@ import numpy as np
 METRICS = ("euclidean", "cosine")
 METHODS = ("auto", "exact", "ann")
 MIN_CLASS_SIZE_WITHOUT_WARNING = 3
-# Largest |feature| accepted: above it the squared distances overflow float64 (2**1024), and rescaling into range
-# would push ordinary rows' squares below float64's normal range (2**-1022).
-MAX_FEATURE_MAGNITUDE = 2.0**500
 
 
 from .errors import KStarInputError, SmallClassWarning  # noqa: F401  (re-exported: validation raises them)
@@ -178,13 +175,6 @@ def check_inputs(features: Any, labels: Any, metric: str = "euclidean") -> Check
         raise KStarInputError(
             f"features hold NaN or inf in rows {_row_list(bad_rows)}; fix or remove those samples "
             "(and their labels) before computing k*."
-        )
-    peak = float(np.abs(x).max())
-    if peak > MAX_FEATURE_MAGNITUDE:
-        raise KStarInputError(
-            f"features reach {peak:.3g} in magnitude (row {int(np.abs(x).max(axis=1).argmax())}): squared distances "
-            f"of such values overflow float64, SPEC's arithmetic, and rescaling them would make the other rows' "
-            f"distances underflow; standardise the features or remove the outlying rows."
         )
     y = to_numpy_labels(labels)
     if y.ndim != 1:

@@ -94,3 +94,22 @@ def test_a_kernel_leaves_torchs_thread_count_alone_in_a_worker_thread():
         tile_kernels.row_minimum(_tile(64, 64))
 
     assert torch_threads_after_in_worker(work)[0] == 1
+
+
+def test_direct_distances_sum_in_index_order_on_every_path():
+    """The float64 re-check and the brute-force oracle must round alike: both sum (x_i - y_i)^2 in index order."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(50, 37)) * rng.choice([1e-3, 1.0, 1e3], size=37)
+    rows, cols = torch.from_numpy(rng.integers(0, 50, 400)), torch.from_numpy(rng.integers(0, 50, 400))
+    exact = torch.from_numpy(x)
+    sums = np.empty(400)
+    for k, (a, b) in enumerate(zip(rows.tolist(), cols.tolist())):
+        total = 0.0
+        for i in range(x.shape[1]):
+            total += (x[a, i] - x[b, i]) ** 2
+        sums[k] = total
+    fused = tile_kernels.direct_distances(exact, rows, cols).numpy()
+    assert np.array_equal(fused, np.sqrt(sums))  # bit for bit, IEEE sqrt included
+    # the other devices' path: the same sums (its sqrt is CUDA's, correctly rounded; torch's CPU one is not)
+    assert np.array_equal(tile_kernels._torch_direct_sums(exact, rows, cols).numpy(), sums)
+    assert tile_kernels.direct_distances(exact, rows[:0], cols[:0]).shape == (0,)
