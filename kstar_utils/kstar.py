@@ -23,7 +23,8 @@ Then
   (each same-class pair once, float64 re-checks in the float32 band);
 * a random sample of points (``audit_size``) is computed both ways first and compared: ``result.audit``. Under
   ``method="auto"`` an audit with fewer than ``ANN_MIN_IDENTICAL`` (99%) identical k* discards the ANN path and the
-  exact one runs instead (recorded as ``params["ann_fallback"]``); under ``method="ann"`` it raises a warning.
+  exact one runs instead (recorded as ``params["ann_fallback"]``); under ``method="ann"`` it raises a warning. The
+  audit rows keep their exact k* in the result (the audit itself compares the ANN values);
 The only possible error is a missed nearest foreign neighbour (r_p too large, so k* too large); the audit measures how
 often that happens. ``method="auto"`` picks exact while N^2 * D <= ``AUTO_EXACT_MAX_WORK`` (from the benchmark in
 ``benchmarks/bench_kstar.py``) and ANN above it; there the audit is checked class by class, and the ANN work stops as
@@ -460,6 +461,7 @@ def _ann_kstar(data, n_neighbors: int, seed: int, n_jobs: int | None, block_size
     if min_identical is not None and size and audit["fraction_identical"] < min_identical:
         return None, audit, info
     kstar = 1 + exact_counts(data, radius=radius, block_size=block_size, progress=progress)[0]
+    kstar[audit_rows] = exact_audit  # computed exactly already: the audit measures ANN, the result keeps the best
     lap("verification")
     return kstar, audit, info
 

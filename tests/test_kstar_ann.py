@@ -31,6 +31,18 @@ def test_ann_matches_exact_on_a_small_set_and_never_underestimates(overlapping):
     assert audit["max_abs_difference"] >= 0
 
 
+def test_audit_rows_keep_their_exact_k_star_in_the_result(overlapping):
+    """The audit computes its rows exactly; returning the ANN values there would throw the better ones away (and with
+    audit_size = N, where no row is left to sample, every row would get the weakest candidates)."""
+    x, y = overlapping
+    exact = compute_kstar(x, y, method="exact")
+    for audit_size in (len(y), 1400):
+        ann = compute_kstar(x, y, method="ann", audit_size=audit_size, seed=1, n_jobs=1)
+        mismatched = np.flatnonzero(ann.kstar != exact.kstar)
+        assert len(mismatched) <= len(y) - audit_size  # only rows outside the audit can differ
+    assert np.array_equal(compute_kstar(x, y, method="ann", audit_size=len(y), seed=1, n_jobs=1).kstar, exact.kstar)
+
+
 def test_ann_is_deterministic_for_a_seed_and_thread_count(overlapping):
     x, y = overlapping
     a = compute_kstar(x, y, method="ann", n_neighbors=10, seed=3, n_jobs=1, audit_size=50)
