@@ -211,7 +211,18 @@ class KStarResult:
 
     @classmethod
     def from_json(cls, text: str) -> "KStarResult":
-        return cls.from_dict(json.loads(text))
+        """A result saved by :meth:`to_json`; anything else is a :class:`KStarInputError` naming what is missing."""
+        try:
+            data = json.loads(text)
+        except ValueError as err:
+            raise KStarInputError(f"not a k* result: invalid JSON ({err}).") from None
+        if not isinstance(data, dict):
+            raise KStarInputError(f"not a k* result: a JSON {type(data).__name__}, not an object.")
+        missing = [k for k in ("kstar", "kstar_norm", "labels", "per_class", "gamma_true", "gamma_approx", "method")
+                   if k not in data]
+        if missing:
+            raise KStarInputError(f"not a k* result: missing {', '.join(missing)} (save results with to_json).")
+        return cls.from_dict(data)
 
 
 def choose_method(n: int, dim: int, method: str = "auto") -> str:

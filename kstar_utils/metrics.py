@@ -42,6 +42,8 @@ def pattern_of(skew: float, threshold: float = DEFAULT_THRESHOLD) -> str:
     """SPEC's pattern of a class from its skew: > t Fractured, < -t Clustered, otherwise (NaN included) Overlapped."""
     if threshold < 0:
         raise KStarInputError(f"the pattern threshold must be non-negative, got {threshold}.")
+    if not isinstance(skew, (int, float, np.integer, np.floating)) or isinstance(skew, bool):
+        raise KStarInputError(f"a skew is a number, got {skew!r}.")
     if math.isnan(skew):
         return OVERLAPPED
     if skew > threshold:
@@ -61,6 +63,13 @@ def per_class_table(
     kstar_norm: np.ndarray, codes: np.ndarray, classes: Sequence, threshold: float = DEFAULT_THRESHOLD
 ) -> pd.DataFrame:
     """One row per class: label, n, mean, std (ddof=0), skew and pattern of its normalised k* distribution."""
+    kstar_norm, codes = np.asarray(kstar_norm), np.asarray(codes)
+    if kstar_norm.shape != codes.shape:
+        raise KStarInputError(f"kstar_norm and codes need one entry per sample: shapes {kstar_norm.shape} and "
+                              f"{codes.shape}.")
+    empty = [label for code, label in enumerate(classes) if not np.any(codes == code)]
+    if empty:
+        raise KStarInputError(f"classes {empty!r} have no samples; every class listed needs at least one.")
     rows = []
     for code, label in enumerate(classes):
         v = kstar_norm[codes == code]
@@ -111,6 +120,9 @@ def correlation(x: Sequence[float], y: Sequence[float]) -> dict[str, float]:
     """Spearman and Pearson correlation (with p-values) of paired values, NaNs dropped; n is the pairs kept."""
     a = np.asarray(x, dtype=np.float64)
     b = np.asarray(y, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1:
+        raise KStarInputError(f"correlation needs two 1-D sequences of paired values, got shapes {a.shape} and "
+                              f"{b.shape}.")
     keep = np.isfinite(a) & np.isfinite(b)
     a, b = a[keep], b[keep]
     out = {"n": int(a.size), "spearman": math.nan, "spearman_p": math.nan, "pearson": math.nan, "pearson_p": math.nan}

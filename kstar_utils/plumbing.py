@@ -156,6 +156,12 @@ def check_output_folder(path: str | os.PathLike, option: str = "--out") -> Path:
         raise KStarInputError(f"{option} {p}: {parent} is a file, so no folder can be made below it.")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise KStarInputError(f"{option} {p}: {parent} is not writable; choose a folder you can write.")
+    try:  # permissions can pass where writing cannot (/proc, a read-only mount, a full disk): try it
+        p.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=p, prefix=".kstar-probe-"):
+            pass
+    except OSError as err:
+        raise KStarInputError(f"{option} {p} cannot be written ({err.strerror or err}); choose another folder.") from None
     return p
 
 

@@ -43,7 +43,11 @@ def to_numpy_features(features: Any) -> np.ndarray:
         if str(features.dtype) in ("torch.bfloat16", "torch.float16"):
             features = features.float()  # numpy has no bfloat16; float32 holds both exactly
         features = features.numpy()
-    array = np.asarray(features)
+    try:
+        array = np.asarray(features)
+    except ValueError:  # rows of different lengths
+        raise KStarInputError("features are ragged (rows of different lengths); every sample needs the same number "
+                              "of dimensions.") from None
     if array.dtype == object or not (
         np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.bool_)
     ):
@@ -126,15 +130,19 @@ def _label_kind(value: Any) -> str:
 
 
 def _object_labels(array: np.ndarray) -> np.ndarray:
-    """Labels of an object array in one type: strings (class names), or numbers (checked like numeric labels).
+    """Labels of an object array as one type: numbers (checked like numeric labels) when every label is a number,
+    else class names (their text).
 
-    Mixed kinds are refused rather than printed to strings: 1 and "1" would become one class, 1 and 1.0 two.
+    Text is only taken when it keeps the classes apart: two different labels that print alike (1 and "1", True and
+    "True") or one value printed two ways (1 and 1.0) are refused, never merged or split silently.
     """
     flat = list(array.ravel())
     kinds = sorted({_label_kind(v) for v in flat})
-    if kinds == ["str"]:
-        text = [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in flat]
-        return np.asarray(text).reshape(array.shape)
+    unknown = [k for k in kinds if k not in ("int", "float", "str", "bool")]
+    if unknown:
+        example = next(v for v in flat if _label_kind(v) == unknown[0])
+        raise KStarInputError(f"labels must be class names or integer ids, got {example!r:.40} ({unknown[0]}); "
+                              "pass one label per sample.")
     if set(kinds) <= {"int", "float"}:
         try:
             return np.asarray(flat, dtype=np.float64 if "float" in kinds else np.int64).reshape(array.shape)
@@ -143,14 +151,21 @@ def _object_labels(array: np.ndarray) -> np.ndarray:
                                   "class names.") from None
     if kinds == ["bool"]:
         return np.asarray(flat, dtype=bool).reshape(array.shape)
-    examples = {}
+    text, first_of_value, first_of_name = [], {}, {}
     for v in flat:
-        examples.setdefault(_label_kind(v), v)
-    shown = ", ".join(f"{examples[k]!r:.40} ({k})" for k in kinds)
-    if not set(kinds) & {"int", "float", "str", "bool"}:
-        raise KStarInputError(f"labels must be class names or integer ids, got {shown}; pass one label per sample.")
-    raise KStarInputError(f"labels mix types: {shown}; give every label the same type (all class names, or all "
-                          "integer ids), so that no two labels print alike by accident.")
+        kind = _label_kind(v)
+        value = ("number", float(v)) if kind in ("int", "float") else (kind, v)
+        name = v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+        seen = first_of_value.setdefault(value, (v, name))
+        other = first_of_name.setdefault(name, (v, value))
+        if other[1] != value:
+            raise KStarInputError(f"labels {v!r} and {other[0]!r} print alike, so they would merge into one class; "
+                                  "give every label the same type (all class names, or all integer ids).")
+        if seen[1] != name:
+            raise KStarInputError(f"labels {v!r} and {seen[0]!r} are one value written two ways, so they would split "
+                                  "into two classes; give every label the same type.")
+        text.append(name)
+    return np.asarray(text).reshape(array.shape)
 
 
 def check_inputs(features: Any, labels: Any, metric: str = "euclidean") -> CheckedInput:

@@ -119,8 +119,9 @@ def test_single_column_csv_with_a_label_header(tmp_path):
 
 @pytest.mark.parametrize("labels, message", [
     ([1e30] * 3 + [2e30] * 3, "beyond the int64 range"),  # astype(int64) would wrap both into one class
-    ([1] * 3 + ["1"] * 3, r"labels mix types: 1 \(int\), '1' \(str\)"),  # str() would merge them
-    (np.array([1] * 3 + ["1"] * 3, dtype=object), r"labels mix types"),
+    ([1] * 3 + ["1"] * 3, r"labels '1' and 1 print alike, so they would merge into one class"),  # str() merged them
+    (np.array([True] * 3 + ["True"] * 3, dtype=object), r"print alike"),
+    ([1, 1.0, "a", "a", "b", "b"], r"labels 1.0 and 1 are one value written two ways"),
     (np.array([2**63 + 5] * 3 + [1] * 3, dtype=np.uint64), r"above 2\*\*63 - 1"),
     ([(0, 1)] * 3 + [(1,)] * 3, "class names or integer ids"),
 ])
@@ -137,3 +138,4 @@ def test_labels_of_one_type_keep_their_classes():
     assert compute_kstar(x, [1] * 4 + [2.0] * 4).per_class["label"].tolist() == [1, 2]
     assert compute_kstar(x, [10**3] * 4 + [7] * 4).per_class["label"].tolist() == [7, 1000]
     assert compute_kstar(x, ["1"] * 4 + ["01"] * 4).per_class["label"].tolist() == ["01", "1"]
+    assert compute_kstar(x, ["a"] * 4 + [3] * 4).per_class["label"].tolist() == ["3", "a"]  # distinct as names

@@ -105,3 +105,32 @@ def test_features_whose_squared_distances_overflow_float64_are_refused():
     from kstar_utils.neighbours import brute_force_kstar
 
     assert (compute_kstar(x, [0] * 10 + [1] * 10).kstar == brute_force_kstar(x, np.array([0] * 10 + [1] * 10))).all()
+
+
+def test_careless_api_input_is_a_kstar_error_not_a_numpy_one():
+    from kstar_utils import KStarResult
+    from kstar_utils.metrics import correlation, pattern_of, per_class_table
+
+    y = [0, 1] * 5
+    with pytest.raises(KStarInputError, match="ragged"):
+        compute_kstar([[1.0, 2.0], [3.0]] * 5, y)
+    for text, message in (("{}", "missing kstar"), ("[1]", "a JSON list"), ("{", "invalid JSON")):
+        with pytest.raises(KStarInputError, match=message):
+            KStarResult.from_json(text)
+    with pytest.raises(KStarInputError, match="one entry per sample"):
+        per_class_table(np.ones(3), np.array([0, 1]), ["a", "b"])
+    with pytest.raises(KStarInputError, match=r"classes \['c'\] have no samples"):
+        per_class_table(np.ones(2), np.array([0, 1]), ["a", "b", "c"])
+    with pytest.raises(KStarInputError, match="paired values"):
+        correlation([1, 2, 3], [1, 2])
+    with pytest.raises(KStarInputError, match="a skew is a number"):
+        pattern_of("x")
+
+
+def test_an_out_folder_that_cannot_be_written_is_refused_before_any_work(tmp_path):
+    from kstar_utils.plumbing import check_output_folder
+
+    with pytest.raises(KStarInputError, match="cannot be written"):
+        check_output_folder("/proc/kstar-out")
+    assert check_output_folder(tmp_path / "new" / "out").is_dir()
+    assert not list((tmp_path / "new" / "out").iterdir())  # the probe file is gone
