@@ -649,7 +649,8 @@ def gamma_regions(frame: pd.DataFrame, x: str, y: str = "gamma_prime", hue: str 
         if stats:
             unit_name = units or ("model-seed pairs" if seeds_shown else "models")
             ev = evidence.correlation_evidence(part[x], part[y], units=unit_name, n_boot=n_boot, seed=seed,
-                                               groups=part[config] if seeds_shown else None)
+                                               groups=part[config] if seeds_shown else None,
+                                               group_units="configurations")
             prefix = f"{name}: " if hue else ""
             if ev.n >= 3 and np.isfinite(ev.rho):
                 stat_lines.append(prefix + evidence.evidence_numbers(ev, short=True))

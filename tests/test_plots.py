@@ -4,6 +4,7 @@ alt text, error bars, the heatmap / lines of Figure 4 and the fracture gallery."
 from __future__ import annotations
 
 import math
+import re
 import warnings
 
 import matplotlib
@@ -199,7 +200,8 @@ def test_gamma_regions_shows_the_spread_over_seeds_and_labels_only_a_few_when_cr
     _readable(fig)
     ax = fig.axes[0]
     title = ax.get_title(loc="left")
-    assert "n = 30 model-seed pairs in 10 groups" in title and "8 of 20 points labelled" in title
+    assert "n = 30 model-seed pairs in 10 configurations" in title and "8 of 20 points labelled" in title
+    assert re.search(r"Linf: .*; p (=|<) \S+ \(means of the 10 configurations\)", plots.alt_text(fig))
     assert "large markers: the mean of a configuration's seeds, bars spanning the range over its seeds" \
         in plots.alt_text(fig)
     legend_texts = [t.get_text() for t in fig.legends[0].get_texts()]
