@@ -949,10 +949,12 @@ def fracture_gallery(images: Any, labels: Sequence, class_names: Sequence | dict
     found = np.asarray(finder(feats, y, np.asarray(queries, dtype=np.int64), metric))
     partner = dict(zip(queries, found.tolist()))
     skew_of = dict(zip(kstar.per_class["label"].astype(str), kstar.per_class["skew"]))
+    pattern_of_class = dict(zip(kstar.per_class["label"].astype(str), kstar.per_class["pattern"]))
     fig = _new_figure(2.25 * len(rows) + 0.6)
     subs = fig.subfigures(len(rows), 1) if len(rows) > 1 else [fig.subfigures(1, 1)]
     for sub, (c, members) in zip(np.atleast_1d(subs), rows):
-        sub.suptitle(f"'{name_of(c)}': {_skew_text(float(skew_of[str(c)]))}; smallest k* (left of each pair) and "
+        sub.suptitle(f"'{name_of(c)}': {_skew_text(float(skew_of[str(c)]))}, "
+                     f"{str(pattern_of_class[str(c)]).lower()}; smallest k* (left of each pair) and "
                      f"its nearest foreign neighbour (right)", fontsize=FONT, x=0.01, ha="left")
         axes = sub.subplots(1, 2 * n_per_class)
         for k in range(n_per_class):

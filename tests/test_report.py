@@ -352,3 +352,20 @@ def test_notebook_figures_are_displayed_with_their_alt_text():
     fig = plots.framework_schematic()
     data, metadata = figure_png_with_alt(fig)
     assert data.startswith(b"\x89PNG") and metadata == {"alt": plots.alt_text(fig), "width": plots.DISPLAY_WIDTH_PX}
+
+
+def test_each_threat_models_panel_names_its_own_budget(tmp_path):
+    import json
+
+    import pandas as pd
+
+    from kstar_utils.report.notebook import robust_accuracy_label
+
+    folder = tmp_path / "results"
+    folder.mkdir()
+    (folder / "summary.json").write_text(json.dumps({"models": []}))
+    pd.DataFrame({"threat_model": ["Linf", "L2"], "eval_eps": [0.1, 0.5], "attack": ["apgd-ce+apgd-t"] * 2}).to_csv(
+        folder / "robustness.csv", index=False)
+    results = Results(folder)
+    assert robust_accuracy_label(results, "L2") == "L2 robust accuracy (apgd-ce+apgd-t, eps = 0.5)"
+    assert robust_accuracy_label(results, "Linf") == "Linf robust accuracy (apgd-ce+apgd-t, eps = 0.1)"

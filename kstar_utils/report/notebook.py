@@ -199,6 +199,16 @@ def evidence_table(results: Results, claim_id: str) -> pd.DataFrame:
     return table
 
 
+def robust_accuracy_label(results: Results, threat_model: str) -> str:
+    """The x-axis label of one threat model's panel: its own attack budget, not every threat model's."""
+    rob = results.table("robustness")
+    part = rob[rob["threat_model"] == threat_model] if not rob.empty else rob
+    eps = part["eval_eps"].dropna() if "eval_eps" in part else part
+    budget = f", eps = {float(eps.iloc[0]):g}" if len(eps) else ""
+    attack = part["attack"].dropna().iloc[0] if "attack" in part and part["attack"].notna().any() else "AutoAttack"
+    return f"{threat_model} robust accuracy ({attack}{budget})"
+
+
 def threat_model_tables(results: Results) -> list[tuple[str, float, pd.DataFrame]]:
     """One leaderboard per threat model, as RobustBench shows them: ranked by robust accuracy, eps in the header."""
     rob = results.table("robustness")

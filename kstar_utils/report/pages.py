@@ -75,11 +75,13 @@ def model_sections(results: Results, model_id: str) -> list[dict]:
     if images is not None and partners:
         fig = plots.fracture_gallery(images, res.labels, None, res,
                                      nearest=lambda _f, _y, queries, _m: [partners[int(q)] for q in queries])
-        sections.append({"heading": "What splits a concept: the most fractured samples", "png": png(fig),
+        sections.append({"heading": "What splits a concept: the samples with the smallest k*", "png": png(fig),
                          "alt": alt_text(fig, f"Evaluated images of {model_id} with the smallest k*, each beside its "
                                               "nearest neighbour from another class"),
-                         "text": "For the most fractured concepts, the evaluated images with the smallest k* (left of "
-                                 "each pair) beside their nearest neighbour from another class (right)."})
+                         "text": "For the three classes with the largest skew (the most fractured first; each panel "
+                                 "names its class's pattern, which may be overlapped or clustered when few classes "
+                                 "are fractured), the evaluated images with the smallest k* (left of each pair) "
+                                 "beside their nearest neighbour from another class (right)."})
     elif images is None:
         sections.append({"heading": "What splits a concept", "text": "The evaluated images are not on this "
                          "machine (the data set was not found), so the gallery of fractured samples is not shown."})
