@@ -67,6 +67,21 @@ def test_grid_has_one_kstar_task_per_model_and_data_set():
         {t.key for t in tasks if t.kind == "kstar"})
 
 
+def test_figure_twos_pair_must_name_two_models_of_the_profile():
+    """A typo in compare: would silently drop Figure 2; the grid refuses it with the ids it could name."""
+    from kstar_utils.errors import ProfileError
+
+    smoke = load_profile("smoke")
+    for compare, message in (
+        (("standard-s0", "nope"), r"compare names 'nope', not a model of this profile; give two model ids .* "
+                                  r"e\.g\. standard-s0"),
+        (("standard-s0", "pgd-l2-0.5-s0", "width8-s0"), "compare lists 3 models"),
+    ):
+        with pytest.raises(ProfileError, match=message):
+            build_grid(smoke.replace(compare=compare))
+    assert build_grid(smoke.replace(compare=()))  # no Figure 2 pair is allowed
+
+
 def test_local_cluster_with_two_workers_gives_the_in_process_tables(shared, inprocess):
     profile, statuses = inprocess
     assert all(s["status"] == "done" for s in statuses.values())

@@ -109,6 +109,15 @@ def build_grid(profile: Profile) -> list[Task]:
         from ..errors import ProfileError
 
         raise ProfileError(f"profile {profile.name} lists a model twice; give each model once.")
+    ids = list(dict.fromkeys(t.model.id for t in tasks))
+    unknown = [m for m in profile.compare if m not in ids]
+    if unknown or len(profile.compare) not in (0, 2):
+        from ..errors import ProfileError
+
+        why = f"names {', '.join(map(repr, unknown))}, not a model of this profile" if unknown else \
+            f"lists {len(profile.compare)} models"
+        raise ProfileError(f"profile {profile.name}: compare {why}; give two model ids for Figure 2, e.g. "
+                           f"{', '.join(ids[:4])}" + (" ..." if len(ids) > 4 else "") + ".")
     return tasks
 
 
