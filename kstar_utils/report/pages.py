@@ -41,7 +41,9 @@ def model_title(results: Results, model_id: str) -> str:
         r = rows.iloc[0]
         parts.append(f"clean accuracy {_ci(r['clean_accuracy'], r['clean_accuracy_lo'], r['clean_accuracy_hi'])}")
         for _, r in rows.iterrows():
-            parts.append(f"{r['threat_model']} robust accuracy (eps {format_value(r['eval_eps'], 3)}) "
+            eps = pd.to_numeric(r.get("eval_eps"), errors="coerce")
+            budget = f" (eps {float(eps):g})" if pd.notna(eps) else ""
+            parts.append(f"{r['threat_model']} robust accuracy{budget} "
                          f"{_ci(r['robust_accuracy'], r['robust_accuracy_lo'], r['robust_accuracy_hi'])}")
     else:
         gen = results.table("generalisation")
