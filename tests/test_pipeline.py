@@ -80,6 +80,7 @@ def test_figure_twos_pair_must_name_two_models_of_the_profile():
         with pytest.raises(ProfileError, match=message):
             build_grid(smoke.replace(compare=compare))
     assert build_grid(smoke.replace(compare=()))  # no Figure 2 pair is allowed
+    assert build_grid(smoke.replace(compare=("standard-s0",)))  # one model: Figure 2's page says it has no pair
 
 
 def test_local_cluster_with_two_workers_gives_the_in_process_tables(shared, inprocess):
