@@ -617,9 +617,11 @@ def gamma_regions(frame: pd.DataFrame, x: str, y: str = "gamma_prime", hue: str 
     groups = list(data.groupby(hue, sort=False)) if hue else [(None, data)]
     stat_lines = []
     points_for_labels = []
+    any_seeds_shown = False
     for i, (name, part) in enumerate(groups):
         colour, marker = OKABE_ITO[i % len(OKABE_ITO)], MARKERS[i % len(MARKERS)]
         seeds_shown = config is not None and part.groupby(config).size().max() > 1
+        any_seeds_shown |= seeds_shown
         if seeds_shown:
             xe = _errors(part[x].to_numpy(float), *(part[c].to_numpy(float) for c in xcols)) if xcols else None
             ye = _errors(part[y].to_numpy(float), *(part[c].to_numpy(float) for c in ycols)) if ycols else None
@@ -678,10 +680,9 @@ def gamma_regions(frame: pd.DataFrame, x: str, y: str = "gamma_prime", hue: str 
     ax.title.set_fontsize(SMALL)
     _label_column(ax, chosen, x, y, "_label", SMALL)
     bars = []
-    grouped = config is not None and any(p.groupby(config).size().max() > 1 for _, p in groups)
-    if grouped:
+    if any_seeds_shown:
         bars.append("large markers: the mean of a configuration's seeds, bars spanning the range over its seeds")
-    single = "faint points (single seeds): " if grouped else ""
+    single = "faint points (single seeds): " if any_seeds_shown else ""
     if ycols:
         bars.append(f"{single}vertical bars: 95% bootstrap interval of Gamma'")
     if xcols:

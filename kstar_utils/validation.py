@@ -81,8 +81,12 @@ def to_numpy_labels(labels: Any) -> np.ndarray:
         labels = labels.detach().cpu().numpy()
     if hasattr(labels, "to_numpy") and not isinstance(labels, np.ndarray):  # pandas Series / arrays
         labels = labels.to_numpy(dtype=object) if getattr(labels, "hasnans", False) else labels.to_numpy()
-    if isinstance(labels, (list, tuple)):  # kept as objects: np.asarray would print [1, "1"] to one string class
-        labels = np.asarray(labels, dtype=object)
+    if isinstance(labels, (list, tuple)):  # numbers stay numbers; anything else is kept as objects and checked
+        try:  # label by label, since np.asarray would print [1, "1"] to one string class
+            plain = np.asarray(labels)
+        except ValueError:  # ragged nested lists
+            plain = None
+        labels = plain if plain is not None and plain.dtype.kind in "biuf" else np.asarray(labels, dtype=object)
     array = np.asarray(labels)
     if array.dtype == object or array.dtype.kind in "US":
         flat = array.ravel()

@@ -33,7 +33,7 @@ def _units(profile: Profile) -> tuple[str, str | None]:
     return "models", None
 
 
-GROUP_UNITS = {"config": "configurations", "model": "models"}
+GROUP_UNITS = {"config": "configurations"}  # what a resampled group is, in sentences
 
 
 def _evidence(frame: pd.DataFrame, x: str, y: str, units: str, group: str | None, x_name: str, seed: int,

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
+from ..errors import ProfileError
 from ..plumbing import stable_hash
 from .profiles import ComputeOptions, Profile
 from .results import ResultStore
@@ -106,14 +107,10 @@ def build_grid(profile: Profile) -> list[Task]:
         tasks += _openclip_tasks(profile)
     keys = [t.key for t in tasks]
     if len(set(keys)) != len(keys):  # pragma: no cover - a profile listing one model twice
-        from ..errors import ProfileError
-
         raise ProfileError(f"profile {profile.name} lists a model twice; give each model once.")
     ids = list(dict.fromkeys(t.model.id for t in tasks))
     unknown = [m for m in profile.compare if m not in ids]
     if unknown or len(profile.compare) > 2:  # one model draws no Figure 2, and the page says so
-        from ..errors import ProfileError
-
         why = f"names {', '.join(map(repr, unknown))}, not a model of this profile" if unknown else \
             f"lists {len(profile.compare)} models"
         raise ProfileError(f"profile {profile.name}: compare {why}; give two model ids for Figure 2, e.g. "
