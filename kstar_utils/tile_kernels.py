@@ -92,6 +92,48 @@ def _pair_distances(x, rows, cols, out):  # pragma: no cover - compiled
         out[k] = np.sqrt(total)
 
 
+@njit(parallel=True, cache=True, boundscheck=False)
+def _push_smallest(g, offset, heap_values, heap_indices):  # pragma: no cover - compiled
+    # each row keeps a max-heap of its m smallest (value, column) pairs so far, ordered by value and then column, so
+    # that the set kept does not depend on how ties fall; a chunk of the row is first counted against the root (a
+    # loop that vectorises), and only a chunk holding a value not above it is walked entry by entry
+    m = heap_values.shape[1]
+    n = g.shape[1]
+    for i in prange(g.shape[0]):
+        row = g[i]
+        values = heap_values[i]
+        indices = heap_indices[i]
+        root = values[0]
+        for j0 in range(0, n, 64):
+            j1 = min(n, j0 + 64)
+            candidates = np.int32(0)
+            for j in range(j0, j1):
+                candidates += np.int32(1) if row[j] <= root else np.int32(0)
+            if candidates == 0:
+                continue
+            for j in range(j0, j1):
+                v = row[j]
+                col = offset + j
+                if v > values[0] or (v == values[0] and col >= indices[0]):
+                    continue
+                pos = 0
+                while True:  # sift the new entry down from the root
+                    child = 2 * pos + 1
+                    if child >= m:
+                        break
+                    if child + 1 < m and (values[child + 1] > values[child] or (
+                            values[child + 1] == values[child] and indices[child + 1] > indices[child])):
+                        child += 1
+                    if values[child] < v or (values[child] == v and indices[child] < col):
+                        break
+                    values[pos] = values[child]
+                    indices[pos] = indices[child]
+                    pos = child
+                values[pos] = v
+                indices[pos] = col
+            root = values[0]
+
+
 def direct_distances(exact: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
     """float64 sqrt(sum_i (x_i - y_i)^2) of each (row, col) pair of ``exact``, the sum taken in index order
     (i = 0, 1, ..., D - 1), one rounding per operation: the order the brute-force oracle uses too, so that two
@@ -175,3 +217,44 @@ def row_minimum(g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     index = torch.empty(g.shape[0], dtype=torch.int64)
     _run(_row_min, _numpy(g), values.numpy(), index.numpy())
     return values, index
+
+
+class RowSmallest:
+    """The ``m`` smallest values of each row over tiles pushed one after another, with their columns: a top-m that
+    reads each tile once (the ANN path's sampled rows, whose m nearest foreign samples are searched exactly).
+
+    On CPU a numba max-heap per row: ``torch.topk(m)`` over a row of 70,000 columns cost more than the float32
+    product that made it at D = 64 (measured here: 0.58 s of top-m against 0.37 s of products for 2,560 rows of
+    Fashion-MNIST features; the heap takes 0.1 s), and the heap rejects almost every entry with one comparison. On
+    CPU the m kept are the smallest by value and then by column, whatever the order of the pushes; elsewhere each
+    tile's top-m is merged with the running one in torch, and a tie at the m-th place is broken as ``topk`` breaks
+    it. ``result()`` gives each row ascending by value, then by column."""
+
+    _EMPTY = torch.iinfo(torch.int64).max  # the column of a place not filled yet: after every real column
+
+    def __init__(self, rows: int, m: int, device: torch.device) -> None:
+        self.m, self.device = int(m), device
+        self.values = torch.full((rows, self.m), np.inf, dtype=torch.float32, device=device)
+        self.indices = torch.full((rows, self.m), self._EMPTY, dtype=torch.int64, device=device)
+
+    def push(self, g: torch.Tensor, offset: int) -> None:
+        """Take the tile ``g`` (rows x columns), whose column 0 is column ``offset`` of the whole."""
+        if g.shape[1] == 0:
+            return
+        if _use_numba(g):
+            _run(_push_smallest, _numpy(g), int(offset), self.values.numpy(), self.indices.numpy())
+            return
+        top = g.topk(min(self.m, g.shape[1]), dim=1, largest=False)
+        values = torch.cat([self.values, top.values], dim=1)
+        indices = torch.cat([self.indices, top.indices + offset], dim=1)
+        self.values, pick = values.topk(self.m, dim=1, largest=False)
+        self.indices = indices.gather(1, pick)
+
+    def result(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(values, columns), each row ascending by value and then by column; a row given fewer than m columns has
+        inf and -1 in its last places."""
+        by_column = self.indices.argsort(dim=1)
+        values, indices = self.values.gather(1, by_column), self.indices.gather(1, by_column)
+        order = values.argsort(dim=1, stable=True)
+        values, indices = values.gather(1, order), indices.gather(1, order)
+        return values, torch.where(indices == self._EMPTY, -1, indices)

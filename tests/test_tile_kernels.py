@@ -66,6 +66,62 @@ def test_row_minimum_is_the_first_smallest_column(shape):
     assert index.dtype == torch.int64
 
 
+def _smallest_reference(g: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's m smallest values, ordered by value and then by column (a stable sort of the whole row)."""
+    order = np.argsort(g, axis=1, kind="stable")[:, :m]
+    return np.take_along_axis(g, order, axis=1), order
+
+
+@pytest.mark.parametrize("rows, cols, m, width", [(1, 1, 1, 1), (5, 300, 7, 64), (40, 5000, 256, 700),
+                                                  (3, 130, 130, 50), (17, 2049, 1, 2049)])
+def test_row_smallest_keeps_the_m_smallest_by_value_then_column_over_tiles(rows, cols, m, width):
+    """Integer-valued tiles (ties everywhere) and inf, pushed tile by tile: the m kept are the stable sort's first m."""
+    g = _tile(rows, cols, seed=cols)
+    top = tile_kernels.RowSmallest(rows, m, torch.device("cpu"))
+    for lo in range(0, cols, width):
+        top.push(g[:, lo : lo + width], lo)
+    values, indices = top.result()
+    expected_values, expected_indices = _smallest_reference(g.numpy(), m)
+    assert torch.equal(values, torch.from_numpy(expected_values))
+    assert torch.equal(indices, torch.from_numpy(expected_indices))
+
+
+def test_row_smallest_does_not_depend_on_the_order_of_the_tiles():
+    g = _tile(30, 900, seed=8)
+    forwards, backwards = (tile_kernels.RowSmallest(30, 40, torch.device("cpu")) for _ in range(2))
+    for lo in range(0, 900, 100):
+        forwards.push(g[:, lo : lo + 100], lo)
+    for lo in reversed(range(0, 900, 100)):
+        backwards.push(g[:, lo : lo + 100], lo)
+    for a, b in zip(forwards.result(), backwards.result()):
+        assert torch.equal(a, b)
+
+
+def test_row_smallest_fills_short_rows_with_inf_and_minus_one():
+    g = _tile(4, 3, seed=2)
+    top = tile_kernels.RowSmallest(4, 5, torch.device("cpu"))
+    top.push(g, 10)
+    values, indices = top.result()
+    expected_values, expected_indices = _smallest_reference(g.numpy(), 3)
+    assert torch.equal(values[:, :3], torch.from_numpy(expected_values))
+    assert torch.equal(indices[:, :3], torch.from_numpy(expected_indices) + 10)
+    assert torch.all(torch.isinf(values[:, 3:])) and torch.all(indices[:, 3:] == -1)
+
+
+def test_row_smallest_torch_form_keeps_the_same_values():
+    """Other devices merge torch top-m per tile (a float64 tile takes that form here): the same values, and the
+    columns hold them (which of tied columns is kept is torch's choice)."""
+    g = _tile(20, 600, seed=4).double()
+    top = tile_kernels.RowSmallest(20, 30, torch.device("cpu"))
+    top.values = top.values.double()
+    for lo in range(0, 600, 128):
+        top.push(g[:, lo : lo + 128], lo)
+    values, indices = top.result()
+    expected_values, _ = _smallest_reference(g.numpy(), 30)
+    assert torch.equal(values, torch.from_numpy(expected_values))
+    assert torch.equal(g.gather(1, indices), values)
+
+
 def test_kernels_are_safe_from_several_python_threads():
     g = _tile(256, 1024, seed=5)
     low, high = torch.full((256,), 2.0), torch.full((256,), 4.0)
