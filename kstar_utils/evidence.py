@@ -55,11 +55,12 @@ def verdict_rule(expected_sign: int = -1, negligible: float = NEGLIGIBLE, confid
     return (f"Verdict rule: a claim is decided by the {pct} bootstrap interval of Spearman's rho (the partial rank "
             f"correlation for claims stated controlling for other variables) over the stated units, checked by a "
             f"permutation test (where the units are grouped, e.g. the seeds of one configuration, the test permutes the "
-            f"group means, the independent units). \"Not reproduced\" when the whole interval lies within +-{negligible:g} of zero (a "
+            f"group means, the independent units, and their correlation must have the interval's sign). \"Not reproduced\" when the whole interval lies within +-{negligible:g} of zero (a "
             f"relation too weak to matter). Otherwise \"reproduced\" when the whole interval lies {side} zero"
             f"{paper} and the permutation p-value is below {alpha}; \"not reproduced\" when the whole interval lies "
             f"{other} zero (the opposite direction) and p is below {alpha}; \"inconclusive\" in every other case "
-            f"(the interval contains zero, the two tests disagree, or there are fewer than {MIN_UNITS} units). "
+            f"(the interval contains zero, the two tests disagree in significance or in sign, or there are fewer than "
+            f"{MIN_UNITS} units). "
             f"Directions (\"falls\", \"rises\") are only stated for reproduced or opposite results.")
 
 
@@ -417,10 +418,15 @@ def verdict(evidence: Evidence, expected_sign: int = -1, negligible: float = NEG
 def decisive(evidence: Evidence) -> bool:
     """True when the interval excludes zero *and* the permutation test agrees (p below 1 - confidence), with enough
     units: the only case in which a direction may be stated. Both are asked for because percentile bootstrap
-    intervals are too narrow on few units, where the exact permutation test is not."""
+    intervals are too narrow on few units, where the exact permutation test is not. Where the test ran on group
+    means, their correlation must also have the interval's sign: a two-sided p of means that rise together says
+    nothing for pairs that fall within each group (Simpson's paradox), so such a split is not a direction."""
     p = evidence.p_value
-    return bool(evidence.excludes_zero and evidence.n >= MIN_UNITS and p is not None and np.isfinite(p)
-                and p < 1 - evidence.confidence)
+    if not (evidence.excludes_zero and evidence.n >= MIN_UNITS and p is not None and np.isfinite(p)
+            and p < 1 - evidence.confidence):
+        return False
+    means = evidence.extra.get("group_mean_rho")
+    return means is None or not np.isfinite(means) or np.sign(means) == np.sign(evidence.ci[0])
 
 
 def format_number(v: float, digits: int = 2) -> str:
@@ -492,12 +498,31 @@ def claim_sentence(claim: str, evidence: Evidence, expected_sign: int = -1, negl
         direction = "falls" if hi < 0 else "rises"
         opposite = "" if v == REPRODUCED else " - the opposite of the paper's claim"
         body = f"{y} {direction} as {x} increases{control}{opposite}"
+    elif evidence.excludes_zero and _means_significant(evidence):
+        body = (f"no direction can be read between {y} and {x}{control}: the interval lies "
+                f"{'below' if hi < 0 else 'above'} zero, but the means of the {_groups(evidence)} correlate the other "
+                f"way, so the relation within them and the relation between them disagree")
     elif evidence.excludes_zero:
         body = (f"no direction can be read between {y} and {x}{control}: the interval excludes zero but the "
                 f"permutation test does not confirm it")
     else:
         body = f"no direction can be read between {y} and {x}{control}: the interval contains zero"
+        if _means_significant(evidence):
+            body += (f"; the means of the {_groups(evidence)} alone do correlate "
+                     f"({'negatively' if evidence.extra['group_mean_rho'] < 0 else 'positively'}), which the "
+                     f"interval over all units does not confirm")
     return f"{claim}: {v}; {body} ({nums})."  # no capitalising: the body may start with a variable's name
+
+
+def _means_significant(evidence: Evidence) -> bool:
+    """The permutation test on group means is below its level (whatever the interval says)."""
+    p, means = evidence.p_value, evidence.extra.get("group_mean_rho")
+    return bool(means is not None and np.isfinite(means) and p is not None and np.isfinite(p)
+                and p < 1 - evidence.confidence)
+
+
+def _groups(evidence: Evidence) -> str:
+    return f"{evidence.n_groups} {evidence.group_units}" if evidence.n_groups else "groups"
 
 
 # ---------------------------------------------------------------------------------------------- confound control

@@ -136,6 +136,7 @@ def correlation(x: Sequence[float], y: Sequence[float]) -> dict[str, float]:
 
 DEFAULT_CONFIDENCE = 0.95
 BOOTSTRAP_CHUNK_ELEMENTS = 2**22  # resampled values held at once (replicates x samples): bounded memory
+FLOAT32_DRAW_MAX_CLASS = 4096  # see bootstrap_gamma_intervals: above it, float32 draws are not uniform enough
 
 
 def _skew_from_moments(m2: np.ndarray, m3: np.ndarray, constant: np.ndarray, value: np.ndarray) -> np.ndarray:
@@ -250,7 +251,9 @@ def bootstrap_gamma_intervals(
     centre = np.add.reduceat(sorted_values, starts) / sizes
     shifted = sorted_values - centre[sorted_codes]
     rng = np.random.default_rng(seed)
-    draw_dtype = np.float32 if sizes.max() < 2**20 else np.float64  # float32 draws are uniform enough below 2^20
+    # float32 draws have 2^24 levels, so each index of a class of m rows gets 2^24 / m of them, give or take one:
+    # uniform to 0.03% below 4,096 rows (and twice as fast); larger classes take float64 draws
+    draw_dtype = np.float32 if sizes.max() <= FLOAT32_DRAW_MAX_CLASS else np.float64
     gamma = np.empty(n_bootstrap)
     gamma_prime = np.empty(n_bootstrap)
     chunk = max(1, BOOTSTRAP_CHUNK_ELEMENTS // n)

@@ -37,6 +37,8 @@ from . import evidence, metrics
 from .errors import KStarInputError
 from .kstar import KStarResult
 
+_num = evidence.format_number  # every number a figure prints: never "-0.00"
+
 REGION_FILL = {"Fractured": "#4c72b0", "Overlapped": "#dd5555", "Clustered": "#55a868"}
 PATTERN_COLOUR = {"Fractured": "#2f5d9e", "Overlapped": "#c0392b", "Clustered": "#2e8540"}
 OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000")
@@ -179,7 +181,7 @@ def _skew_text(skew: float) -> str:
         return "skew n/a"
     if math.isinf(skew):
         return "skew -inf" if skew < 0 else "skew +inf"
-    return f"skew {skew:.2f}"
+    return f"skew {_num(skew)}"
 
 
 def _interval_text(result: KStarResult, key: str) -> str:
@@ -187,7 +189,7 @@ def _interval_text(result: KStarResult, key: str) -> str:
     lo_hi = intervals.get(key)
     if not lo_hi or any(v is None or not np.isfinite(v) for v in lo_hi):
         return ""
-    return f" [{lo_hi[0]:.2f}, {lo_hi[1]:.2f}]"
+    return f" [{_num(lo_hi[0])}, {_num(lo_hi[1])}]"
 
 
 # ---------------------------------------------------------------------------------------------------- Figure 1
@@ -207,7 +209,7 @@ def gamma_prime_rule(per_class: pd.DataFrame) -> dict:
     odd = [(lab, s) for lab, s in zip(labels, skews) if not np.isfinite(s)]
     if not odd:
         text = (f"Every class has a finite skew, so SPEC's rule for infinite or undefined class skews (NaN counts as "
-                f"0, +-inf as the largest / smallest finite class skew) does not change Gamma' = {with_rule:.2f}.")
+                f"0, +-inf as the largest / smallest finite class skew) does not change Gamma' = {_num(with_rule)}.")
         return {"with_rule": with_rule, "plain_mean": plain, "finite_mean": finite_mean, "changed": False,
                 "text": text}
     names = ", ".join(f"'{lab}' ({_skew_text(s)})" for lab, s in odd)
@@ -221,8 +223,8 @@ def gamma_prime_rule(per_class: pd.DataFrame) -> dict:
         meaning.append("+inf is an infinite positive skew")
     text = (f"Class {names}: {'; '.join(meaning)}. A plain mean over classes would be {plain_txt}, so SPEC's rule "
             f"counts -inf as the "
-            f"smallest and +inf as the largest finite class skew and NaN as 0: Gamma' = {with_rule:.2f} with the rule, "
-            f"{plain_txt} without it ({finite_mean:.2f} over the finite classes only). The rule exists because a mean "
+            f"smallest and +inf as the largest finite class skew and NaN as 0: Gamma' = {_num(with_rule)} with the rule, "
+            f"{plain_txt} without it ({_num(finite_mean)} over the finite classes only). The rule exists because a mean "
             f"over classes must stay finite for latent spaces to be compared; it also means one perfectly separated "
             f"class counts no better than the best-clustered finite one.")
     return {"with_rule": with_rule, "plain_mean": plain, "finite_mean": finite_mean, "changed": True, "text": text}
@@ -363,11 +365,11 @@ def framework_figure(x2d: np.ndarray, labels: Sequence, result: KStarResult,
         _style_axes(ax)
     rule = gamma_prime_rule(table)
     headline = (f"(b) Computed example: Gamma = {_fmt_gamma(result.gamma_true)}{_interval_text(result, 'gamma')}, "
-                f"Gamma' = {result.gamma_approx:.2f}{_interval_text(result, 'gamma_prime')}")
+                f"Gamma' = {_num(result.gamma_approx)}{_interval_text(result, 'gamma_prime')}")
     if rule["changed"]:
         plain = "NaN" if math.isnan(rule["plain_mean"]) else ("-inf" if rule["plain_mean"] < 0 else "+inf")
         headline += (f" with SPEC's +-inf rule; without it Gamma' = {plain}\n(the rule keeps a mean over classes "
-                     f"finite; over finite classes only: {rule['finite_mean']:.2f})")
+                     f"finite; over finite classes only: {_num(rule['finite_mean'])})")
     bottom.suptitle(headline, x=0.01, ha="left", fontsize=FONT + 1)
     misses = []
     if intended:
@@ -377,14 +379,14 @@ def framework_figure(x2d: np.ndarray, labels: Sequence, result: KStarResult,
     cap = ("Figure 1. (a) The framework. (b) A synthetic 2-D latent space: "
            + "; ".join(f"'{lab}' {_skew_text(s)} ({p})" for lab, s, p in
                        zip(table["label"], table["skew"], table["pattern"]))
-           + f". Gamma = {_fmt_gamma(result.gamma_true)}, Gamma' = {result.gamma_approx:.2f}. " + rule["text"]
+           + f". Gamma = {_fmt_gamma(result.gamma_true)}, Gamma' = {_num(result.gamma_approx)}. " + rule["text"]
            + (" Not as intended: " + "; ".join(misses) + "." if misses else ""))
     alt = ("Figure 1. Top: schematic of the k* framework (features, k* per sample, k* distribution per concept, Gamma "
            "and Gamma'). Bottom: a synthetic 2-D latent space with its concepts, each sample coloured by its "
            "normalised k*, and the k* density per concept: "
            + "; ".join(f"{lab} {_skew_text(s)} ({p})" for lab, s, p in
                        zip(table["label"], table["skew"], table["pattern"]))
-           + f"; Gamma' = {result.gamma_approx:.2f}.")
+           + f"; Gamma' = {_num(result.gamma_approx)}.")
     return _finish(fig, alt, cap)
 
 
@@ -393,7 +395,7 @@ def _fmt_gamma(v: float) -> str:
         return "n/a"
     if math.isinf(v):
         return "-inf" if v < 0 else "+inf"
-    return f"{v:.2f}"
+    return _num(v)
 
 
 # ---------------------------------------------------------------------------------------------------- Figure 2
@@ -428,7 +430,7 @@ def kstar_distributions(result: KStarResult, ax: plt.Axes | None = None, title: 
     ax.set_xlabel("normalised k* (k* / n_c)")
     ax.set_ylabel("class")
     gammas = (f"Gamma = {_fmt_gamma(result.gamma_true)}{_interval_text(result, 'gamma')}, "
-              f"Gamma' = {result.gamma_approx:.2f}{_interval_text(result, 'gamma_prime')}")
+              f"Gamma' = {_num(result.gamma_approx)}{_interval_text(result, 'gamma_prime')}")
     if _interval_text(result, "gamma_prime"):
         gammas += " (95% bootstrap intervals)"
     ax.set_title(f"{title}\n{gammas}" if title else f"k* distributions: {gammas}", fontsize=FONT)
@@ -437,7 +439,7 @@ def kstar_distributions(result: KStarResult, ax: plt.Axes | None = None, title: 
     return _finish(fig, f"k* distributions of {len(labels)} classes{' (' + title + ')' if title else ''} as "
                         f"violins on normalised k* from 0 to 1: {counts['Fractured']} fractured, "
                         f"{counts['Overlapped']} overlapped, {counts['Clustered']} clustered; Gamma' = "
-                        f"{result.gamma_approx:.2f}.")
+                        f"{_num(result.gamma_approx)}.")
 
 
 def embedding_scatter(features: np.ndarray, labels: Sequence, method: str = "tsne", seed: int = 0,
@@ -754,9 +756,9 @@ def gamma_heatmap(table: pd.DataFrame, row: str = "model", col: str = "data", va
             if accuracy and accuracy in rec and chance is not None:
                 ch = rec[chance] if isinstance(chance, str) else chance
                 near = bool(_near_chance(rec[accuracy], ch, chance_margin))
-            text = f"{v:.2f}" + ("†" if near else "")
+            text = _num(v) + ("†" if near else "")
             if has_ci and np.isfinite(rec[f"{value}_lo"]) and np.isfinite(rec[f"{value}_hi"]):
-                text += f"\n[{rec[f'{value}_lo']:.1f}, {rec[f'{value}_hi']:.1f}]"
+                text += f"\n[{_num(rec[f'{value}_lo'], 1)}, {_num(rec[f'{value}_hi'], 1)}]"
             if rec["rows"] > 1:
                 text += f"\n{int(rec['rows'])} seeds"
             dark = abs(v) > 0.6 * lim
@@ -769,19 +771,24 @@ def gamma_heatmap(table: pd.DataFrame, row: str = "model", col: str = "data", va
     ax.set_xticks(range(len(cols)), [str(c) for c in cols])
     ax.set_yticks(range(len(rows)), [str(r) for r in rows])
     ax.xaxis.tick_top()
-    ax.set_xlabel(col, fontsize=FONT)
-    ax.xaxis.set_label_position("top")
+    # the columns' name sits in the corner left of their header row, as in a table: centred above the headers it
+    # read as one of them
+    ax.annotate(f"{col} \u2192", (0, 1), xycoords="axes fraction", xytext=(-6, 4), textcoords="offset points",
+                ha="right", va="bottom", fontsize=FONT, style="italic")
     ax.set_ylabel(row, fontsize=FONT)
     cb = fig.colorbar(im, ax=ax, shrink=0.9, pad=0.02)
     cb.set_label("Gamma'", fontsize=FONT)
     cb.ax.tick_params(labelsize=FONT)
     for t in (threshold, -threshold):
         cb.ax.axhline(t, color="black", lw=0.8)
-    notes = [f"Gamma' > {threshold:g} fractured (blue), < -{threshold:g} clustered (green)"]
+    notes = [f"Gamma' > {threshold:g} fractured (blue), < -{threshold:g} clustered (green), between them "
+             "overlapped (pale)"]
     if has_ci:
         notes.append("brackets: 95% bootstrap interval")
-    if chance is not None:
+    if flagged:
         notes.append(f"† and dashed frame: accuracy within {chance_margin:g} of chance")
+    elif chance is not None:
+        notes.append(f"no cell has accuracy within {chance_margin:g} of chance")
     ax.set_title("\n".join(([title] if title else []) + [textwrap.fill("; ".join(notes), 100)]), fontsize=SMALL,
                  loc="left")
     _style_axes(ax, FONT)
@@ -852,11 +859,13 @@ def gamma_lines(table: pd.DataFrame, x: str = "data", y: str = "gamma_prime", mo
         notes.append(f"each point: the mean of a {model}'s {pooled} rows (seeds); bars: their range")
     elif f"{y}_lo" in agg:
         notes.append("bars: 95% bootstrap interval of Gamma'")
+    if chance is not None and not flagged:  # said once in words, not as a legend entry drawn nowhere
+        notes.append(f"no point has accuracy within {chance_margin:g} of chance")
     ax.set_title("\n".join(([title] if title else []) + (["; ".join(notes)] if notes else [])), fontsize=SMALL,
                  loc="left")
     handles, names = _region_handles()
     mh, mn = ax.get_legend_handles_labels()
-    if chance is not None:
+    if flagged:
         mh.append(plt.Line2D([], [], marker="X", color="black", ls="none", ms=9))
         mn.append(f"accuracy within {chance_margin:g} of chance")
     fig.legend(mh + handles, mn + names, loc="outside right upper", fontsize=SMALL, frameon=False)

@@ -262,3 +262,39 @@ def test_latent_1nn_accuracy_equals_leave_one_out_knn_on_tie_free_data():
     assert latent_1nn_accuracy(result.kstar) == acc
     with pytest.raises(KStarInputError):
         latent_1nn_accuracy(np.array([]))
+
+
+def _simpson_table(seed: int = 0) -> tuple[list, list, list]:
+    """6 configurations x 3 seeds: the configuration means rise together, the seeds within each fall steeply."""
+    rng = np.random.default_rng(seed)
+    x, y, g = [], [], []
+    for c in range(6):
+        for s in range(3):
+            spread = (s - 1) * 10.0
+            x.append(c + spread + rng.normal(0, 0.01))
+            y.append(c - spread + rng.normal(0, 0.01))
+            g.append(c)
+    return x, y, g
+
+
+def test_a_direction_needs_the_group_means_to_share_the_intervals_sign():
+    """Simpson's paradox: the pairs' interval lies below zero and the permutation test on the means is significant,
+    but the means correlate positively. No direction, and the sentence says the two disagree."""
+    x, y, g = _simpson_table()
+    ev = correlation_evidence(x, y, units="model-seed pairs", groups=g, group_units="configurations",
+                              x_name="accuracy", y_name="Gamma'", seed=0)
+    assert ev.ci[1] < 0 and ev.p_value < 0.05 and ev.extra["group_mean_rho"] > 0
+    assert not evidence.decisive(ev) and verdict(ev) == INCONCLUSIVE
+    text = claim_sentence("Demo", ev)
+    assert " falls " not in text and " rises " not in text
+    assert "the means of the 6 configurations correlate the other way" in text
+    assert "disagree in significance or in sign" in VERDICT_RULE
+
+
+def test_significant_means_under_an_interval_holding_zero_are_named():
+    ev = _ev(-0.1, -0.6, 0.3)
+    ev.p_value, ev.n_groups, ev.group_units = 0.03, 8, "configurations"
+    ev.extra["group_mean_rho"] = 0.89
+    text = claim_sentence("Generalisation", ev)
+    assert verdict(ev) == INCONCLUSIVE
+    assert "the interval contains zero; the means of the 8 configurations alone do correlate (positively)" in text

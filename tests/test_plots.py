@@ -265,7 +265,9 @@ def test_gamma_heatmap_annotates_every_cell_and_marks_near_chance():
     fig = plots.gamma_heatmap(table, chance=0.1)
     _readable(fig)
     ax = fig.axes[0]
-    cells = [t.get_text() for t in ax.texts]
+    texts = [t.get_text() for t in ax.texts]
+    assert "data \u2192" in texts  # the columns' name, in the corner left of their header row
+    cells = [t for t in texts if t != "data \u2192"]
     assert len(cells) == 25
     mean = table[(table.model == "RN50 yfcc15m") & (table.data == "blur")]["gamma_prime"].mean()
     assert any(t.startswith(f"{mean:.2f}\n") and "2 seeds" in t for t in cells)
@@ -274,6 +276,13 @@ def test_gamma_heatmap_annotates_every_cell_and_marks_near_chance():
     missing = table[~((table.model == "tiny") & (table.data == "blur"))]
     fig2 = plots.gamma_heatmap(missing, chance=0.1)
     assert "-" in [t.get_text() for t in fig2.axes[0].texts]  # one way of showing a missing value
+
+
+def test_gamma_heatmap_never_prints_negative_zero():
+    table = pd.DataFrame({"model": ["a", "b"], "data": ["clean", "clean"], "gamma_prime": [-0.001, 0.3],
+                          "gamma_prime_lo": [-0.04, 0.1], "gamma_prime_hi": [0.2, 0.5]})
+    texts = [t.get_text() for t in plots.gamma_heatmap(table).axes[0].texts]
+    assert "0.00\n[0.0, 0.2]" in texts and not any("-0.0" in t for t in texts)
 
 
 def test_gamma_lines_draws_one_line_per_model_with_chance_marks():
@@ -286,6 +295,17 @@ def test_gamma_lines_draws_one_line_per_model_with_chance_marks():
     assert [t.get_text() for t in ax.get_xticklabels()] == ["clean", "noise", "blur", "rotation", "contrast"]
     assert "accuracy within 0.1 of chance" in [t.get_text() for t in fig.legends[0].get_texts()]
     assert "5 points marked as near chance" in plots.alt_text(fig)
+
+
+def test_chance_marks_are_explained_only_where_drawn():
+    """With no model near chance, the legend has no entry for a marker drawn nowhere and the title says so."""
+    table = _openclip_table().assign(accuracy=0.7)
+    lines = plots.gamma_lines(table, chance=0.1)
+    assert "accuracy within 0.1 of chance" not in [t.get_text() for t in lines.legends[0].get_texts()]
+    assert "no point has accuracy within 0.1 of chance" in lines.axes[0].get_title(loc="left")
+    heat = plots.gamma_heatmap(table, chance=0.1)
+    title = heat.axes[0].get_title(loc="left")
+    assert "no cell has accuracy within 0.1 of chance" in title and "dashed frame" not in title
 
 
 def test_gamma_lines_with_seeds_draws_their_mean_and_range_not_averaged_interval_bounds():

@@ -216,7 +216,7 @@ def _regime_part(frame: pd.DataFrame, what: str) -> tuple[str, float]:
     acc, gp = spaces["latent_1nn_accuracy"], spaces["gamma_prime"]
     k = int((gp > FRACTURED_GAMMA_PRIME).sum())
     text = (f"{what}: latent 1-NN accuracy {acc.min():.1%} to {acc.max():.1%} (median {acc.median():.1%}), "
-            f"{k} of {len(spaces)} spaces mostly fractured (largest Gamma' {gp.max():.2f})")
+            f"{k} of {len(spaces)} spaces mostly fractured (largest Gamma' {ev.format_number(gp.max())})")
     return text, k / max(len(spaces), 1)
 
 
@@ -238,8 +238,9 @@ def regime_caveat(robustness: pd.DataFrame, generalisation: pd.DataFrame) -> str
                 parts.append(_regime_part(shifted, "on its shifted sets")[0])
         else:
             parts.append(_regime_part(generalisation, "the generalisation study")[0])
-    text = (f"The regime: the paper finds current vision models mostly fracture concepts (Gamma' > "
-            f"{FRACTURED_GAMMA_PRIME:g}). Here: {'; '.join(parts)}.")
+    text = (f"The regime: the paper reports that current vision models frequently fracture concepts, and its Figures "
+            f"3 and 4 call a latent space mostly fractured where Gamma' > {FRACTURED_GAMMA_PRIME:g}. Here: "
+            f"{'; '.join(parts)}.")
     if robust_fraction is not None and robust_fraction < 0.5:
         where = "entirely" if robust_fraction == 0 else "mostly"
         text += (f" The robustness claim is therefore tested {where} outside the fractured regime the paper "

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..evidence import format_number
 from .notebook import Results, model_links
 from .render import MISSING, alt_text, format_value, png, table_html, write_page
 
@@ -111,8 +112,8 @@ def render_model_page(results_dir: str | os.PathLike, model_id: str, out_dir: st
     counts = res.pattern_counts
     intervals = getattr(res, "intervals", None) or {}
     gp = intervals.get("gamma_prime")
-    summary = (f"Gamma = {res.gamma_true:.3f}, Gamma' = {res.gamma_approx:.3f}"
-               + (f" (95% bootstrap interval {gp[0]:.2f} to {gp[1]:.2f})" if gp else "")
+    summary = (f"Gamma = {format_number(res.gamma_true, 3)}, Gamma' = {format_number(res.gamma_approx, 3)}"
+               + (f" (95% bootstrap interval {format_number(gp[0])} to {format_number(gp[1])})" if gp else "")
                + f"; {counts['Fractured']} fractured, {counts['Overlapped']} overlapped, {counts['Clustered']} "
                f"clustered concepts; {len(res.kstar)} evaluated samples; k* computed {res.method}.")
     files = [(f"results/{e['file']}", f"k* result on {e['data']} (JSON)") for e in results.model(model_id)["results"]]
