@@ -29,18 +29,19 @@ def _add_compute(sub: argparse._SubParsersAction) -> None:
         help="k* of every sample from a feature file and a label file",
         description=(
             "Compute k* (SPEC: the rank of each sample's nearest neighbour from another class), the per-class k* "
-            "distributions and the skewness coefficients Gamma and Gamma'. Writes OUT/summary.json and "
-            "OUT/samples.csv."
+            "distributions and the skewness coefficients Gamma and Gamma'. Writes OUT/summary.json, "
+            "OUT/samples.csv and OUT/result.json (KStarResult.from_json reads it back)."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("features", help="(N, D) features: .npy, .npz, .csv/.txt, .parquet, or a `kstar extract` folder")
     p.add_argument("labels", nargs="?", help="N labels (ints or strings), same formats; omit for a `kstar extract` folder")
-    p.add_argument("--out", required=True, help="output folder for summary.json and samples.csv")
+    p.add_argument("--out", required=True, help="output folder for summary.json, samples.csv and result.json")
     p.add_argument("--metric", choices=["euclidean", "cosine"], default="euclidean",
                    help="distance: euclidean, or cosine (rows L2-normalised, then euclidean)")
     p.add_argument("--method", choices=["auto", "exact", "ann"], default="auto",
-                   help=f"exact search, pynndescent + exact verification, or auto (exact while N^2*D <= "
+                   help=f"exact search, pynndescent + exact verification (its numba code compiles on a process's "
+                        f"first use, about a minute, then is cached), or auto (exact while N^2*D <= "
                         f"{AUTO_EXACT_MAX_WORK:.0e})")
     p.add_argument("--threshold", type=float, default=0.5, help="pattern threshold t: Fractured > t, Clustered < -t")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
@@ -285,12 +286,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning as one line a user reads (``kstar: warning: ...``), not Python's file and line: kstar's own warnings
+    (small classes, the ANN audit) say what to do; a library's keeps its class name."""
+    name = category.__name__
+    prefix = "" if category.__module__.startswith("kstar_utils") else f"{name}: "
+    print(f"kstar: warning: {prefix}{message}", file=file or sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("default")
+            warnings.showwarning = _show_warning
             return int(args.handler(args) or 0)
     except KStarError as err:
         message = str(err).splitlines()[0] if str(err) else type(err).__name__

@@ -34,7 +34,12 @@ _PLAIN_INTEGER = re.compile(r"-?(0|[1-9][0-9]*)")  # the one way of writing each
 
 
 def _read_table(path: Path) -> pd.DataFrame:
-    """Read a CSV/TSV/whitespace or parquet feature table; it has a header when a first-row cell is not a number."""
+    """Read a CSV/TSV/whitespace or parquet feature table.
+
+    The first row is a header when a cell of it is not a number, or when it is exactly ``0, 1, ..., D-1`` (what
+    ``pandas.DataFrame(X).to_csv(index=False)`` writes for unnamed columns). A saved pandas row index is refused, not
+    read as a feature: a first column with an empty name, or one holding exactly 0, 1, ..., N-1 under no header.
+    """
     if path.suffix == ".parquet":
         try:
             return pd.read_parquet(path)
@@ -44,8 +49,22 @@ def _read_table(path: Path) -> pd.DataFrame:
         first = handle.readline().strip()
     sep = next((c for c in ("\t", ",", ";") if c in first), r"\s+" if " " in first else ",")
     cells = [c.strip() for c in (first.split() if sep == r"\s+" else first.split(sep))]
-    header = any(_not_number(c) for c in cells if c)
-    return pd.read_csv(path, header=0 if header else None, sep=sep, engine="python")
+    if len(cells) > 1 and cells[0] == "" and all(cells[1:]):
+        raise KStarInputError(
+            f"features file {path}: the first cell of its first row is empty, as pandas writes the header of its row "
+            "index (DataFrame.to_csv without index=False); read as a feature it would change every distance. Save with "
+            "index=False, or remove that column (or fill that missing value).")
+    unnamed = [str(i) for i in range(len(cells))]
+    header = any(_not_number(c) for c in cells if c) or (len(cells) > 1 and cells == unnamed)
+    table = pd.read_csv(path, header=0 if header else None, sep=sep, engine="python")
+    if not header and len(table) > 2 and table.shape[1] > 1:
+        column = table.iloc[:, 0].to_numpy()
+        if pd.api.types.is_numeric_dtype(column) and np.array_equal(column, np.arange(len(table))):
+            raise KStarInputError(
+                f"features file {path}: its first column holds exactly 0, 1, ..., {len(table) - 1}, a saved row "
+                "index (DataFrame.to_csv writes one unless index=False); read as a feature it would change every "
+                "distance. Save with index=False, or remove that column.")
+    return table
 
 
 def _not_number(text: str) -> bool:
@@ -262,13 +281,16 @@ def _read_extract_labels(p: Path) -> np.ndarray:
 
 
 def write_result(result, out_dir: str | os.PathLike, inputs: dict | None = None) -> dict[str, Path]:
-    """Write ``summary.json`` (scalars, per-class table, parameters, versions) and ``samples.csv`` into ``out_dir``."""
+    """Write ``summary.json`` (scalars, per-class table, parameters, versions), ``samples.csv`` (one row per sample)
+    and ``result.json`` (everything, for ``KStarResult.from_json(open(path).read())``: the figures take a result)
+    into ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     summary = result.summary()
     if inputs:
         summary["inputs"] = inputs
-    paths = {"summary": out / "summary.json", "samples": out / "samples.csv"}
+    paths = {"summary": out / "summary.json", "samples": out / "samples.csv", "result": out / "result.json"}
     atomic_write_text(paths["samples"], result.samples_frame().to_csv(index=False))
+    atomic_write_text(paths["result"], result.to_json())
     write_json(paths["summary"], summary)
     return paths

@@ -176,7 +176,7 @@ class KStarResult:
     def to_dict(self) -> dict:
         """Everything, including per-sample arrays, as plain JSON-compatible types; inverse of :meth:`from_dict`."""
         out = self.summary()
-        label_kind = "str" if self.labels.dtype.kind in "US" else "int"
+        label_kind = "str" if self.labels.dtype.kind in "US" else "bool" if self.labels.dtype.kind == "b" else "int"
         out.update(
             kstar=self.kstar.tolist(),
             kstar_norm=self.kstar_norm.tolist(),
@@ -187,7 +187,8 @@ class KStarResult:
 
     @classmethod
     def from_dict(cls, data: dict) -> "KStarResult":
-        labels = np.asarray(data["labels"], dtype=str if data.get("label_kind") == "str" else np.int64)
+        kind = data.get("label_kind")
+        labels = np.asarray(data["labels"], dtype=str if kind == "str" else bool if kind == "bool" else np.int64)
         per_class = pd.DataFrame(
             [{k: _decode_float(v) for k, v in row.items()} for row in data["per_class"]],
             columns=["label", "n", "mean", "std", "skew", "pattern"],
@@ -215,7 +216,9 @@ class KStarResult:
         try:
             data = json.loads(text)
         except ValueError as err:
-            raise KStarInputError(f"not a k* result: invalid JSON ({err}).") from None
+            hint = (" This looks like a file name: pass the file's text, from_json(open(path).read())."
+                    if text.strip().endswith(".json") else "")
+            raise KStarInputError(f"not a k* result: invalid JSON ({err}).{hint}") from None
         if not isinstance(data, dict):
             raise KStarInputError(f"not a k* result: a JSON {type(data).__name__}, not an object.")
         missing = [k for k in ("kstar", "kstar_norm", "labels", "per_class", "gamma_true", "gamma_approx", "method")

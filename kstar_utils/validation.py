@@ -183,9 +183,11 @@ def check_inputs(features: Any, labels: Any, metric: str = "euclidean") -> Check
         raise KStarInputError(f"unknown metric {metric!r}; use one of {', '.join(METRICS)}.")
     x = to_numpy_features(features)
     if x.ndim != 2:
+        swapped = x.ndim == 1 and getattr(labels, "ndim", None) == 2  # arrays, tensors and frames have ndim
         raise KStarInputError(
             f"features must be a 2-D array (N samples x D dimensions), got shape {x.shape}; "
-            "reshape with x.reshape(len(x), -1) if each sample is an image or a 1-D vector per sample."
+            + ("the labels are 2-D: are features and labels swapped?" if swapped else
+               "reshape with x.reshape(len(x), -1) if each sample is an image or a 1-D vector per sample.")
         )
     if x.shape[0] == 0 or x.shape[1] == 0:
         raise KStarInputError(f"features are empty (shape {x.shape}); pass at least two samples with one dimension.")
@@ -199,8 +201,10 @@ def check_inputs(features: Any, labels: Any, metric: str = "euclidean") -> Check
     if y.ndim != 1:
         raise KStarInputError(f"labels must be 1-D (one label per sample), got shape {y.shape}.")
     if len(y) != len(x):
+        hint = (" One apart: does one file have a header row the other lacks (pandas' Series.to_csv(index=False) "
+                "writes the header '0')?" if abs(len(y) - len(x)) == 1 else "")
         raise KStarInputError(
-            f"features have {len(x)} rows but labels have {len(y)} entries; pass one label per feature row."
+            f"features have {len(x)} rows but labels have {len(y)} entries; pass one label per feature row.{hint}"
         )
     classes, codes = np.unique(y, return_inverse=True)
     if len(classes) < 2:

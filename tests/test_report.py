@@ -369,3 +369,23 @@ def test_each_threat_models_panel_names_its_own_budget(tmp_path):
     results = Results(folder)
     assert robust_accuracy_label(results, "L2") == "L2 robust accuracy (apgd-ce+apgd-t, eps = 0.5)"
     assert robust_accuracy_label(results, "Linf") == "Linf robust accuracy (apgd-ce+apgd-t, eps = 0.1)"
+
+
+def test_open_results_never_computes_into_a_mistyped_results_dir(tmp_path):
+    """A results_dir without summary.json (a typo) or holding another profile's results is an error naming the fix;
+    nothing is computed or created."""
+    import json
+
+    from kstar_utils.errors import KStarInputError
+    from kstar_utils.report.notebook import open_results
+
+    missing = tmp_path / "resuls"
+    with pytest.raises(KStarInputError, match="holds no summary.json"):
+        open_results("default", missing)
+    assert not missing.exists()
+    other = tmp_path / "smoke_results"
+    other.mkdir()
+    (other / "summary.json").write_text(json.dumps({"profile": "smoke", "models": []}))
+    with pytest.raises(KStarInputError, match="profile 'smoke', not 'default'"):
+        open_results("default", other)
+    assert open_results("smoke", other).summary["profile"] == "smoke"

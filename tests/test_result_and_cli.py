@@ -13,6 +13,7 @@ import pytest
 
 from kstar_utils import KStarResult, compute_kstar
 from kstar_utils.cli import main
+from kstar_utils.errors import KStarInputError
 from kstar_utils.io import read_features, read_labels, write_result
 from kstar_utils.neighbours import brute_force_kstar
 
@@ -86,6 +87,56 @@ def test_cli_headerless_csv_and_extract_folder(tmp_path, small_problem):
     assert json.loads((tmp_path / "o" / "summary.json").read_text())["per_class"][0]["label"] == "cat"
 
 
+def test_cli_result_json_reads_back_as_the_result(tmp_path, small_problem):
+    x, y = small_problem
+    np.save(tmp_path / "f.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    assert main(["compute", str(tmp_path / "f.npy"), str(tmp_path / "y.npy"), "--out", str(tmp_path / "o"),
+                 "--quiet", "--method", "exact"]) == 0
+    back = KStarResult.from_json((tmp_path / "o" / "result.json").read_text())
+    direct = compute_kstar(x, y, method="exact")
+    np.testing.assert_array_equal(back.kstar, direct.kstar)
+    assert back.gamma_approx == direct.gamma_approx and list(back.labels[:2]) == ["cat", "cat"]
+    with pytest.raises(KStarInputError, match=r"open\(path\).read\(\)"):
+        KStarResult.from_json(str(tmp_path / "o" / "result.json"))
+
+
+def test_bool_labels_survive_the_json_round_trip(small_problem):
+    x, _ = small_problem
+    labels = np.arange(len(x)) % 3 == 0
+    res = compute_kstar(x, labels, method="exact")
+    back = KStarResult.from_json(res.to_json())
+    assert back.labels.dtype == bool and np.array_equal(back.labels, res.labels)
+    assert list(back.per_class["label"]) == list(res.per_class["label"]) == [False, True]
+
+
+def test_pandas_default_csvs_never_turn_an_index_or_header_into_data(tmp_path, small_problem):
+    """What pandas writes by default: a named or unnamed header of 0..D-1 is a header; a saved row index is refused
+    (with or without a header row), never read as a feature."""
+    x, _ = small_problem
+    frame = pd.DataFrame(x)
+    frame.to_csv(tmp_path / "numbered_header.csv", index=False)  # header "0,1,2,3"
+    np.testing.assert_array_equal(read_features(tmp_path / "numbered_header.csv"), x)
+    frame.to_csv(tmp_path / "index_and_header.csv")  # ",0,1,2,3" then "0,..."
+    pd.DataFrame(x, columns=list("abcd")).to_csv(tmp_path / "index_and_names.csv")  # ",a,b,c,d"
+    frame.to_csv(tmp_path / "index_no_header.csv", header=False)  # "0,...", "1,...": the index as column 0
+    for name in ("index_and_header.csv", "index_and_names.csv", "index_no_header.csv"):
+        with pytest.raises(KStarInputError, match="index=False"):
+            read_features(tmp_path / name)
+    ramp = np.column_stack([np.arange(85) * 0.5, x[:, 1:]])  # a first column that is not 0, 1, ..., N-1 stays
+    np.savetxt(tmp_path / "ramp.csv", ramp, delimiter=",")
+    np.testing.assert_allclose(read_features(tmp_path / "ramp.csv"), ramp)
+
+
+def test_a_length_mismatch_of_one_hints_at_a_header_row(tmp_path, small_problem):
+    x, y = small_problem
+    with pytest.raises(KStarInputError, match="header row the other lacks"):
+        compute_kstar(x, np.concatenate([[0], y]))
+    with pytest.raises(KStarInputError) as err:
+        compute_kstar(x, y[:-5])
+    assert "header" not in str(err.value)
+
+
 @pytest.mark.parametrize(
     ("setup", "message"),
     [
@@ -125,3 +176,13 @@ def test_labels_file_of_words_without_header_keeps_every_label(tmp_path):
     (tmp_path / "z.csv").write_text("label,other\ncat,1\ndog,2\n")
     assert read_labels(tmp_path / "y.txt").tolist() == ["cat", "dog", "cat"]
     assert read_labels(tmp_path / "z.csv").tolist() == ["cat", "dog"]
+
+
+def test_cli_prints_warnings_as_one_kstar_line(tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    np.save(tmp_path / "f.npy", rng.normal(size=(42, 3)))
+    np.save(tmp_path / "y.npy", np.array([0] * 20 + [1] * 20 + [2] * 2))  # a class of 2: SmallClassWarning
+    assert main(["compute", str(tmp_path / "f.npy"), str(tmp_path / "y.npy"), "--out", str(tmp_path / "o"),
+                 "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "kstar: warning: " in err and "cli.py" not in err and "SmallClassWarning" not in err

@@ -134,3 +134,12 @@ def test_an_out_folder_that_cannot_be_written_is_refused_before_any_work(tmp_pat
         check_output_folder("/proc/kstar-out")
     assert check_output_folder(tmp_path / "new" / "out").is_dir()
     assert not list((tmp_path / "new" / "out").iterdir())  # the probe file is gone
+
+
+def test_swapped_features_and_labels_are_named():
+    from kstar_utils import compute_kstar
+    from kstar_utils.errors import KStarInputError
+
+    x = np.random.default_rng(0).normal(size=(30, 4))
+    with pytest.raises(KStarInputError, match="swapped"):
+        compute_kstar(np.arange(30) % 2, x)

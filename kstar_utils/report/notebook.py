@@ -78,9 +78,26 @@ class Results:
 
 def open_results(profile: Any = "default", results_dir: str | os.PathLike | None = None,
                  progress: bool = True) -> Results:
-    """The aggregated results of ``profile``: read from ``results_dir``, or computed in this process first."""
-    if results_dir is not None and (Path(results_dir) / "summary.json").exists():
-        return Results(results_dir)
+    """The aggregated results of ``profile``: read from ``results_dir``, or, without one, computed in this process
+    first (finished tasks reused) and aggregated into the results store.
+
+    A ``results_dir`` that holds no ``summary.json`` (a typo) or the results of another profile is an error: it
+    never starts a computation of its own, which for a large profile would run for hours unasked."""
+    from ..errors import KStarInputError
+
+    if results_dir is not None:
+        summary_path = Path(results_dir) / "summary.json"
+        if not summary_path.exists():
+            raise KStarInputError(
+                f"results_dir {results_dir} holds no summary.json (kstar report writes it into <out>/results/); "
+                f"check the path, or pass results_dir=None to compute profile {profile!r} in this process.")
+        results = Results(results_dir)
+        found = results.summary.get("profile")
+        if isinstance(profile, str) and Path(profile).suffix not in (".yaml", ".yml") and found not in (None, profile):
+            raise KStarInputError(
+                f"results_dir {results_dir} holds the results of profile {found!r}, not {profile!r}; pass "
+                f"profile={found!r}, or the results_dir of {profile!r}.")
+        return results
     from ..pipeline import load_profile
     from ..pipeline.aggregate import aggregate
     from ..pipeline.run import run_grid
@@ -89,7 +106,7 @@ def open_results(profile: Any = "default", results_dir: str | os.PathLike | None
     prof = load_profile(profile)
     store = store_for(prof)
     run_grid(build_grid(prof), store, client=None, progress=progress)
-    return Results(aggregate(prof, store, Path(results_dir) if results_dir else store / "report"))
+    return Results(aggregate(prof, store, store / "report"))
 
 
 def figure_png_with_alt(fig: Any) -> tuple[bytes, dict[str, str]]:
