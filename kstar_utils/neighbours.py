@@ -546,7 +546,8 @@ def exact_counts(
     rows_t = torch.from_numpy(rows_np).to(data.device)
     given = None if radius is None else torch.from_numpy(np.asarray(radius, dtype=np.float64)).to(data.device)
     with full_float32_precision(), torch.inference_mode():
-        bar = tqdm(total=2 * len(rows_np), desc="k* (exact: 2 passes over the rows)", unit="row", disable=not progress, leave=False)
+        bar = tqdm(total=2 * len(rows_np), desc="k* (exact: 2 passes over the rows)", unit="row",
+                   disable=not progress, leave=False)
         if all_rows:
             if given is None:
                 fm = _foreign_pass(data, block_rows, bar)
