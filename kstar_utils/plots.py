@@ -222,9 +222,9 @@ def gamma_prime_rule(per_class: pd.DataFrame) -> dict:
     if np.any(skews == np.inf):
         meaning.append("+inf is an infinite positive skew")
     text = (f"Class {names}: {'; '.join(meaning)}. A plain mean over classes would be {plain_txt}, so SPEC's rule "
-            f"counts -inf as the "
-            f"smallest and +inf as the largest finite class skew and NaN as 0: Gamma' = {_num(with_rule)} with the rule, "
-            f"{plain_txt} without it ({_num(finite_mean)} over the finite classes only). The rule exists because a mean "
+            f"counts -inf as the smallest and +inf as the largest finite class skew and NaN as 0: Gamma' = "
+            f"{_num(with_rule)} with the rule, {plain_txt} without it ({_num(finite_mean)} over the finite classes "
+            f"only). The rule exists because a mean "
             f"over classes must stay finite for latent spaces to be compared; it also means one perfectly separated "
             f"class counts no better than the best-clustered finite one.")
     return {"with_rule": with_rule, "plain_mean": plain, "finite_mean": finite_mean, "changed": True, "text": text}
