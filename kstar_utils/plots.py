@@ -821,12 +821,13 @@ def gamma_lines(table: pd.DataFrame, x: str = "data", y: str = "gamma_prime", mo
     fig = _new_figure(5.8)
     ax = fig.add_subplot()
     values = agg[y].replace([np.inf, -np.inf], np.nan)
-    lows = agg.get(f"{y}_lo", values)
-    highs = agg.get(f"{y}_hi", values)
+    pooled = int(agg["rows"].max()) if len(agg) else 1  # rows (seeds) behind a point
+    bars = (f"{y}_min", f"{y}_max") if pooled > 1 else (f"{y}_lo", f"{y}_hi")  # what the bars span: the axis too
+    lows = agg.get(bars[0], values).replace([np.inf, -np.inf], np.nan)
+    highs = agg.get(bars[1], values).replace([np.inf, -np.inf], np.nan)
     _regions(ax, threshold, float(np.nanmin([values.min(), lows.min()])) if values.notna().any() else -1,
              float(np.nanmax([values.max(), highs.max()])) if values.notna().any() else 1)
     width = 0.5 / max(len(models), 1)
-    pooled = int(agg["rows"].max()) if len(agg) else 1  # rows (seeds) behind a point
     flagged = 0
     for k, m in enumerate(models):
         part = agg[agg[model] == m].set_index(x).reindex(cats)
@@ -861,8 +862,8 @@ def gamma_lines(table: pd.DataFrame, x: str = "data", y: str = "gamma_prime", mo
         notes.append("bars: 95% bootstrap interval of Gamma'")
     if chance is not None and not flagged:  # said once in words, not as a legend entry drawn nowhere
         notes.append(f"no point has accuracy within {chance_margin:g} of chance")
-    ax.set_title("\n".join(([title] if title else []) + (["; ".join(notes)] if notes else [])), fontsize=SMALL,
-                 loc="left")
+    ax.set_title("\n".join(([title] if title else []) + ([textwrap.fill("; ".join(notes), 80)] if notes else [])),
+                 fontsize=SMALL, loc="left")
     handles, names = _region_handles()
     mh, mn = ax.get_legend_handles_labels()
     if flagged:

@@ -302,9 +302,9 @@ def test_chance_marks_are_explained_only_where_drawn():
     table = _openclip_table().assign(accuracy=0.7)
     lines = plots.gamma_lines(table, chance=0.1)
     assert "accuracy within 0.1 of chance" not in [t.get_text() for t in lines.legends[0].get_texts()]
-    assert "no point has accuracy within 0.1 of chance" in lines.axes[0].get_title(loc="left")
+    assert "no point has accuracy within 0.1 of chance" in lines.axes[0].get_title(loc="left").replace("\n", " ")
     heat = plots.gamma_heatmap(table, chance=0.1)
-    title = heat.axes[0].get_title(loc="left")
+    title = heat.axes[0].get_title(loc="left").replace("\n", " ")
     assert "no cell has accuracy within 0.1 of chance" in title and "dashed frame" not in title
 
 
@@ -320,6 +320,9 @@ def test_gamma_lines_with_seeds_draws_their_mean_and_range_not_averaged_interval
     assert bars.lines[0].get_data()[1][2] == pytest.approx(cell.mean())
     assert "each point: the mean of a model's 2 rows (seeds); bars: their range" in ax.get_title(loc="left")
     assert "bootstrap" not in ax.get_title(loc="left")
+    wide = table.assign(gamma_prime=np.where(table.seed == 0, 3.0, -2.5))  # seeds far apart: no bar is cut
+    bottom, top = plots.gamma_lines(wide).axes[0].get_ylim()
+    assert bottom < -2.5 and top > 3.0
     one_seed = plots.gamma_lines(table[table.seed == 0])
     assert "bars: 95% bootstrap interval of Gamma'" in one_seed.axes[0].get_title(loc="left")
 
