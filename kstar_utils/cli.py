@@ -287,11 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """A warning as one line a user reads (``kstar: warning: ...``), not Python's file and line: kstar's own warnings
-    (small classes, the ANN audit) say what to do; a library's keeps its class name."""
-    name = category.__name__
-    prefix = "" if category.__module__.startswith("kstar_utils") else f"{name}: "
-    print(f"kstar: warning: {prefix}{message}", file=file or sys.stderr)
+    """A warning as one line a user reads (``kstar: warning: SmallClassWarning: ...``), not Python's file, line and
+    source line: the class says what kind, the message what to do."""
+    print(f"kstar: warning: {category.__name__}: {message}", file=file or sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

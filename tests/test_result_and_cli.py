@@ -185,4 +185,4 @@ def test_cli_prints_warnings_as_one_kstar_line(tmp_path, capsys):
     assert main(["compute", str(tmp_path / "f.npy"), str(tmp_path / "y.npy"), "--out", str(tmp_path / "o"),
                  "--quiet"]) == 0
     err = capsys.readouterr().err
-    assert "kstar: warning: " in err and "cli.py" not in err and "SmallClassWarning" not in err
+    assert "kstar: warning: SmallClassWarning: " in err and "cli.py" not in err and "result = compute_kstar" not in err
