@@ -46,9 +46,10 @@ def _read_table(path: Path) -> pd.DataFrame:
         except ImportError as err:
             raise KStarInputError(f"reading {path} needs pyarrow: pip install pyarrow (or save as .npy).") from err
     with path.open() as handle:
-        first = handle.readline().strip()
+        raw = handle.readline().rstrip("\r\n")  # a leading separator is kept: it is an unnamed first column
+    first = raw.strip()
     sep = next((c for c in ("\t", ",", ";") if c in first), r"\s+" if " " in first else ",")
-    cells = [c.strip() for c in (first.split() if sep == r"\s+" else first.split(sep))]
+    cells = [c.strip() for c in (first.split() if sep == r"\s+" else raw.split(sep))]
     if len(cells) > 1 and cells[0] == "" and all(cells[1:]):
         raise KStarInputError(
             f"features file {path}: the first cell of its first row is empty, as pandas writes the header of its row "
@@ -57,6 +58,11 @@ def _read_table(path: Path) -> pd.DataFrame:
     unnamed = [str(i) for i in range(len(cells))]
     header = any(_not_number(c) for c in cells if c) or (len(cells) > 1 and cells == unnamed)
     table = pd.read_csv(path, header=0 if header else None, sep=sep, engine="python")
+    if header and str(table.columns[0]).startswith("Unnamed: 0"):
+        raise KStarInputError(
+            f"features file {path}: its first column has no name, as pandas writes its row index (DataFrame.to_csv "
+            "without index=False); read as a feature it would change every distance. Save with index=False, or "
+            "remove that column.")
     if not header and len(table) > 2 and table.shape[1] > 1:
         column = table.iloc[:, 0].to_numpy()
         if pd.api.types.is_numeric_dtype(column) and np.array_equal(column, np.arange(len(table))):

@@ -120,7 +120,8 @@ def test_pandas_default_csvs_never_turn_an_index_or_header_into_data(tmp_path, s
     frame.to_csv(tmp_path / "index_and_header.csv")  # ",0,1,2,3" then "0,..."
     pd.DataFrame(x, columns=list("abcd")).to_csv(tmp_path / "index_and_names.csv")  # ",a,b,c,d"
     frame.to_csv(tmp_path / "index_no_header.csv", header=False)  # "0,...", "1,...": the index as column 0
-    for name in ("index_and_header.csv", "index_and_names.csv", "index_no_header.csv"):
+    frame.to_csv(tmp_path / "index_and_header_tabs.txt", sep="\t")  # a leading tab, then "0\t1\t2\t3"
+    for name in ("index_and_header.csv", "index_and_names.csv", "index_no_header.csv", "index_and_header_tabs.txt"):
         with pytest.raises(KStarInputError, match="index=False"):
             read_features(tmp_path / name)
     ramp = np.column_stack([np.arange(85) * 0.5, x[:, 1:]])  # a first column that is not 0, 1, ..., N-1 stays
