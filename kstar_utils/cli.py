@@ -107,9 +107,10 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    from .sources import source_names
-
-    p.add_argument("--source", required=True, choices=source_names())
+    # not argparse choices: listing the registered sources imports every source's libraries (torchvision,
+    # open_clip: seconds), which every `kstar --help` would pay; an unknown name is refused by load_source
+    p.add_argument("--source", required=True,
+                   help="robustbench, openclip, torchvision, pixels, builtin, or a source registered by a plugin")
     p.add_argument("--model", required=True, help="RobustBench model name, OpenCLIP architecture, torchvision model "
                                                   "or built-in zoo model")
     p.add_argument("--pretrained", help="OpenCLIP tag or weights file; torchvision weights name or state-dict file")

@@ -187,3 +187,10 @@ def test_cli_prints_warnings_as_one_kstar_line(tmp_path, capsys):
                  "--quiet"]) == 0
     err = capsys.readouterr().err
     assert "kstar: warning: SmallClassWarning: " in err and "cli.py" not in err and "result = compute_kstar" not in err
+
+
+def test_cli_unknown_source_is_one_line_naming_the_sources(tmp_path, capsys):
+    assert main(["extract", "--source", "nope", "--model", "x", "--dataset", "digits", "--out",
+                 str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("kstar: error: unknown feature source 'nope'") and "torchvision" in err
