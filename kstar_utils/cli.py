@@ -8,10 +8,11 @@ that names the problem and the fix. Nothing else is caught: a programming error 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from . import __version__
@@ -287,19 +288,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """A warning as one line a user reads (``kstar: warning: SmallClassWarning: ...``), not Python's file, line and
-    source line: the class says what kind, the message what to do."""
-    print(f"kstar: warning: {category.__name__}: {message}", file=file or sys.stderr)
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    return f"kstar: warning: {category.__name__}: {message}\n"
+
+
+@contextlib.contextmanager
+def _one_line_warnings() -> Iterator[None]:
+    """Warnings printed as one line a user reads (``kstar: warning: SmallClassWarning: ...``), not Python's file,
+    line and source line. Only the format changes (``warnings.formatwarning``, restored after), so whoever records
+    warnings (pytest, a caller's ``catch_warnings(record=True)``) still gets them."""
+    previous = warnings.formatwarning
+    warnings.formatwarning = _format_warning
+    try:
+        yield
+    finally:
+        warnings.formatwarning = previous
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _one_line_warnings():
             warnings.simplefilter("default")
-            warnings.showwarning = _show_warning
             return int(args.handler(args) or 0)
     except KStarError as err:
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
