@@ -33,7 +33,7 @@ def _add_compute(sub: argparse._SubParsersAction) -> None:
             "distributions and the skewness coefficients Gamma and Gamma'. Writes OUT/summary.json, "
             "OUT/samples.csv and OUT/result.json (KStarResult.from_json reads it back)."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     p.add_argument("features", help="(N, D) features: .npy, .npz, .csv/.txt, .parquet, or a `kstar extract` folder")
     p.add_argument("labels", nargs="?", help="N labels (ints or strings), same formats; omit for a `kstar extract` folder")
@@ -64,10 +64,17 @@ def _run_compute(args: argparse.Namespace) -> int:
     from .io import read_features, read_labels, write_result
     from .kstar import compute_kstar
 
-    if args.threads is not None:
-        from .validation import check_count
+    from .validation import check_count, check_number
 
-        check_count("--threads", args.threads, 1)
+    # checked here first, so that a bad value is named as the user typed it (--block-size, not block_size)
+    for option, value, minimum in (("--block-size", args.block_size, 1), ("--threads", args.threads, 1)):
+        if value is not None:
+            check_count(option, value, minimum)
+    for option, value, minimum in (("--n-neighbors", args.n_neighbors, 2), ("--audit-size", args.audit_size, 0),
+                                   ("--seed", args.seed, 0), ("--bootstrap", args.bootstrap, 0)):
+        check_count(option, value, minimum)
+    check_number("--threshold", args.threshold, 0.0)
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
     check_output_folder(args.out)
     labels_path = args.labels or args.features
@@ -106,7 +113,7 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
             "Extract a labelled feature matrix from a model's latent space, cached and resumable. Writes "
             "OUT/features.npy, labels.npy, classes.json and meta.json; `kstar compute OUT --out RESULT` reads them."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     # not argparse choices: listing the registered sources imports every source's libraries (torchvision,
     # open_clip: seconds), which every `kstar --help` would pay; an unknown name is refused by load_source
@@ -127,7 +134,7 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
                    help="penultimate (input of the last linear layer; classifiers' default), logits, or embedding "
                         "(OpenCLIP's encode_image; its default)")
     p.add_argument("--normalize", action="store_true", help="OpenCLIP: L2-normalise the embeddings")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=128, help="images per forward pass")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, ...")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
                    help="fp32, or bf16 / fp16 autocast (recorded with the features and in the cache key)")
@@ -205,7 +212,7 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
             "render self-contained HTML pages (no code, images embedded, nothing loaded from the network) and "
             "publish them in OUT at once. OUT must be new, empty, or a folder kstar wrote before."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     _add_run_options(p)
     p.add_argument("--out", default="reports", help="output folder for the HTML pages")
@@ -233,7 +240,7 @@ def _add_study(sub: argparse._SubParsersAction) -> None:
         description="Run a profile's task grid on Dask (the built-in zoo: train, AutoAttack, k*; or RobustBench and "
                     "OpenCLIP models), aggregate it into tables, and print the paper's two claims with their "
                     "evidence and verdicts.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     _add_run_options(p)
     p.add_argument("--out", help="write the aggregated tables and summary here (default: RESULTS_DIR/report)")
@@ -286,6 +293,18 @@ def build_parser() -> argparse.ArgumentParser:
     for add in SUBCOMMANDS.values():
         add(sub)
     return parser
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults appended to the help only where they say something: not for None, not for a required option, and not
+    where the help text already names its default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default is None or action.required or "default" in text or action.default is argparse.SUPPRESS \
+                or isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            return text
+        return super()._get_help_string(action)
 
 
 def _format_warning(message, category, filename, lineno, line=None) -> str:

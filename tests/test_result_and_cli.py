@@ -197,3 +197,25 @@ def test_cli_unknown_source_is_one_line_naming_the_sources(tmp_path, capsys):
                  str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("kstar: error: unknown feature source 'nope'") and "torchvision" in err
+
+
+@pytest.mark.parametrize(("option", "value"), [("--block-size", "0"), ("--bootstrap", "-5"), ("--n-neighbors", "1"),
+                                               ("--audit-size", "-1"), ("--threads", "0")])
+def test_cli_names_a_bad_option_as_typed(tmp_path, capsys, small_problem, option, value):
+    x, y = small_problem
+    np.save(tmp_path / "f.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    assert main(["compute", str(tmp_path / "f.npy"), str(tmp_path / "y.npy"), "--out", str(tmp_path / "o"),
+                 option, value]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"kstar: error: {option} must be an integer >=") and "None" not in err
+
+
+def test_cli_help_shows_defaults_only_where_they_say_something(capsys):
+    from kstar_utils.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["compute", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: 15)" in text and "(default: None)" not in text
+    assert "all this process may use) (default" not in text  # its help names its default already
