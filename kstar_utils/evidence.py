@@ -56,7 +56,8 @@ def verdict_rule(expected_sign: int = -1, negligible: float = NEGLIGIBLE, confid
             f"correlation for claims stated controlling for other variables) over the stated units, checked by a "
             f"permutation test (where the units are grouped, e.g. the seeds of one configuration, the test permutes "
             f"the group means, the independent units, and their correlation must have the interval's sign). \"Not "
-            f"reproduced\" when the whole interval lies within +-{negligible:g} of zero (a relation too weak to matter). Otherwise \"reproduced\" when the whole interval lies {side} zero"
+            f"reproduced\" when the whole interval lies within +-{negligible:g} of zero (a relation too weak to "
+            f"matter). Otherwise \"reproduced\" when the whole interval lies {side} zero"
             f"{paper} and the permutation p-value is below {alpha}; \"not reproduced\" when the whole interval lies "
             f"{other} zero (the opposite direction) and p is below {alpha}; \"inconclusive\" in every other case "
             f"(the interval contains zero, the two tests disagree in significance or in sign, or there are fewer than "
@@ -421,9 +422,7 @@ def decisive(evidence: Evidence) -> bool:
     intervals are too narrow on few units, where the exact permutation test is not. Where the test ran on group
     means, their correlation must also have the interval's sign: a two-sided p of means that rise together says
     nothing for pairs that fall within each group (Simpson's paradox), so such a split is not a direction."""
-    p = evidence.p_value
-    if not (evidence.excludes_zero and evidence.n >= MIN_UNITS and p is not None and np.isfinite(p)
-            and p < 1 - evidence.confidence):
+    if not (evidence.excludes_zero and evidence.n >= MIN_UNITS and _test_significant(evidence)):
         return False
     means = evidence.extra.get("group_mean_rho")
     return means is None or not np.isfinite(means) or np.sign(means) == np.sign(evidence.ci[0])
@@ -514,11 +513,16 @@ def claim_sentence(claim: str, evidence: Evidence, expected_sign: int = -1, negl
     return f"{claim}: {v}; {body} ({nums})."  # no capitalising: the body may start with a variable's name
 
 
+def _test_significant(evidence: Evidence) -> bool:
+    """The permutation p-value is below 1 - confidence."""
+    p = evidence.p_value
+    return bool(p is not None and np.isfinite(p) and p < 1 - evidence.confidence)
+
+
 def _means_significant(evidence: Evidence) -> bool:
-    """The permutation test on group means is below its level (whatever the interval says)."""
-    p, means = evidence.p_value, evidence.extra.get("group_mean_rho")
-    return bool(means is not None and np.isfinite(means) and p is not None and np.isfinite(p)
-                and p < 1 - evidence.confidence)
+    """The permutation test ran on group means and is below its level (whatever the interval says)."""
+    means = evidence.extra.get("group_mean_rho")
+    return bool(means is not None and np.isfinite(means) and _test_significant(evidence))
 
 
 def _groups(evidence: Evidence) -> str:

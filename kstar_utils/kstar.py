@@ -217,7 +217,7 @@ class KStarResult:
             data = json.loads(text)
         except ValueError as err:
             hint = (" This looks like a file name: pass the file's text, from_json(open(path).read())."
-                    if text.strip().endswith(".json") else "")
+                    if isinstance(text, str) and text.strip().endswith(".json") else "")
             raise KStarInputError(f"not a k* result: invalid JSON ({err}).{hint}") from None
         if not isinstance(data, dict):
             raise KStarInputError(f"not a k* result: a JSON {type(data).__name__}, not an object.")

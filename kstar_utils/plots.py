@@ -787,7 +787,7 @@ def gamma_heatmap(table: pd.DataFrame, row: str = "model", col: str = "data", va
         notes.append("brackets: 95% bootstrap interval")
     if flagged:
         notes.append(f"† and dashed frame: accuracy within {chance_margin:g} of chance")
-    elif chance is not None:
+    elif chance is not None and accuracy and accuracy in table:  # only what was checked is said
         notes.append(f"no cell has accuracy within {chance_margin:g} of chance")
     ax.set_title("\n".join(([title] if title else []) + [textwrap.fill("; ".join(notes), 100)]), fontsize=SMALL,
                  loc="left")
@@ -860,7 +860,7 @@ def gamma_lines(table: pd.DataFrame, x: str = "data", y: str = "gamma_prime", mo
         notes.append(f"each point: the mean of a {model}'s {pooled} rows (seeds); bars: their range")
     elif f"{y}_lo" in agg:
         notes.append("bars: 95% bootstrap interval of Gamma'")
-    if chance is not None and not flagged:  # said once in words, not as a legend entry drawn nowhere
+    if chance is not None and not flagged and accuracy and accuracy in table:  # in words, not a legend entry
         notes.append(f"no point has accuracy within {chance_margin:g} of chance")
     ax.set_title("\n".join(([title] if title else []) + ([textwrap.fill("; ".join(notes), 80)] if notes else [])),
                  fontsize=SMALL, loc="left")

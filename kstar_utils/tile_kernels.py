@@ -225,7 +225,7 @@ class RowSmallest:
 
     On CPU a numba max-heap per row: ``torch.topk(m)`` over a row of 70,000 columns cost more than the float32
     product that made it at D = 64 (measured here: 0.58 s of top-m against 0.37 s of products for 2,560 rows of
-    Fashion-MNIST features; the heap takes 0.1 s), and the heap rejects almost every entry with one comparison. On
+    Fashion-MNIST features; the heap takes about 0.2 s), and the heap rejects almost every entry with one comparison. On
     CPU the m kept are the smallest by value and then by column, whatever the order of the pushes; elsewhere each
     tile's top-m is merged with the running one in torch, and a tie at the m-th place is broken as ``topk`` breaks
     it. ``result()`` gives each row ascending by value, then by column."""
