@@ -210,6 +210,7 @@ def compare_ann(x: np.ndarray, y: np.ndarray, label: str, repeat: int = 1) -> di
         "audit": a.audit, "identical_all": identical, "exact_search_samples": a.params["exact_search_samples"],
         "sampled_rows": a.params.get("sampled_rows", 0), "sampled_candidates": a.params.get("sampled_candidates", 0),
         "classes_at_sample_cap": a.params.get("classes_at_sample_cap", 0),
+        "candidate_dims": a.params.get("candidate_dims", int(x.shape[1])),
         "rows_given_sampled_candidates": a.params.get("rows_given_sampled_candidates", 0),
         "sampled_candidate_pairs": a.params.get("sampled_candidate_pairs", 0),
         "gamma_approx_exact": e.gamma_approx, "gamma_approx_ann": a.gamma_approx,
@@ -238,7 +239,8 @@ def print_ann(tag: str, r: dict) -> None:
           f"those runs: {r['cpu_ann_s']:.1f} vs {r['cpu_exact_s']:.1f} = {r['cpu_speedup']:.2f}x); audit {r['audit']['fraction_identical']:.2%} identical, all "
           f"samples {r['identical_all']:.2%} (goal >= 99%); {r['sampled_rows']:,} rows sampled ({r['sampled_candidates']:,} "
           f"candidates, {r['classes_at_sample_cap']} classes at the cap, {r['sampled_candidate_pairs']:.3g} pairs in the "
-          f"dense product over them), {r['exact_search_samples']:,} searched exactly; "
+          f"dense product over them, ranked in {r['candidate_dims']} of {r['dim']} axes), "
+          f"{r['exact_search_samples']:,} searched exactly; "
           f"Gamma' exact {r['gamma_approx_exact']:.3f} vs ANN {r['gamma_approx_ann']:.3f} -> {met(r['goal_met'])}",
           flush=True)
     phases = ", ".join(f"{k.replace('_', ' ')} {v:.1f} s" for k, v in r["ann_phase_seconds"].items())

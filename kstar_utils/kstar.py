@@ -16,6 +16,11 @@ samples, proposed two ways:
   ``SAMPLE_MAX_MISSES`` of its rows (a measured recall), or until ``SAMPLE_MAX_FRACTION`` of the class. A graph
   candidate no farther than the sample's own k-th graph neighbour is *settled*: when a fresh batch shows settled
   candidates right as well, the class's settled samples skip the dense product over the sampled candidates.
+  In a large problem (N^2 * D >= ``PROJECTION_MIN_WORK``) the sampled rows' searches, the recall checks and that
+  dense product run in a few principal axes (plus the norm of the rest: a lower bound of the distance) when a check
+  on random rows shows that ranking keeping the nearest foreign sample near its top; each row then takes the nearest
+  in full of its ``PROJECTED_TOP`` first, and the recall checks measure what that misses.
+  ``params["candidate_dims"]`` says which space was used (D: the full one).
 Then
 * every candidate distance is computed exactly (float64 direct form), so r_p is never underestimated; a sample with
   no candidate at all gets the exact search;
@@ -55,7 +60,13 @@ from .neighbours import (
     exact_foreign_radius,
     exact_pair_distances,
     foreign_top,
+    foreign_top_projected,
     nearest_among,
+    nearest_among_projected,
+    principal_axes,
+    projected_coordinates,
+    projected_features,
+    projected_rank,
     resolve_device,
     sort_by_class,
 )
@@ -88,6 +99,24 @@ CELL_LISTS = 2
 CELL_MIN_ROWS = 4096
 KMEANS_ROWS = 4096  # rows the cells are fitted on (every row is then assigned)
 KMEANS_ITERATIONS = 8
+# Problems of N^2 * D >= PROJECTION_MIN_WORK search their sampled candidates in a few principal axes when such a ranking
+# is measured to keep each row's nearest foreign sample near its top (see _candidate_space): the sampled rows are
+# searched there, and each row takes, of its PROJECTED_TOP first there, the nearest in the full space (the graph stays
+# in the full space: built in the projection, it settled fewer rows on data (a) and cost as much). Tried fewest first:
+# the axis counts of PROJECTED_DIMS up to half of D. One is taken when it puts the nearest foreign sample of all but
+# PROJECTION_MAX_MISSES of PROJECTION_CHECK_ROWS random rows within the first PROJECTED_TOP of its projected ranking
+# over all of that row's foreign samples (a dense pass ranks a subset of them, where its place can only be earlier); the
+# axes are fitted on PROJECTION_FIT_ROWS rows, and only axis counts holding PROJECTION_MIN_VARIANCE of the variance
+# are tried (isotropic features skip the check). The check took 1.0 s at N = 200,000, D = 128, where the projection
+# saved about 14 s (benchmarks/bench_kstar.py, data (a)); on 70,000 Fashion-MNIST features (N^2 * D = 3e11) the dense
+# pass is too small (5e7 pairs) to gain from it.
+PROJECTION_MIN_WORK = 1e12
+PROJECTION_MIN_VARIANCE = 0.9
+PROJECTED_DIMS = (8, 16, 24, 32, 48, 64)
+PROJECTED_TOP = 8
+PROJECTION_CHECK_ROWS = 256
+PROJECTION_MAX_MISSES = 1
+PROJECTION_FIT_ROWS = 8192
 
 
 def _encode_float(value: float) -> float | str:
@@ -293,14 +322,46 @@ def _class_cells(data, start: int, end: int, rng: np.random.Generator) -> tuple[
     return torch.cdist(x, centroids).argmin(dim=1), centroids
 
 
-def _nearest_in_cells(data, rows: torch.Tensor, row_cells: torch.Tensor,
-                      cell_sets: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """For each row, the nearest candidate of its own cell's set (float32 squared distance and sorted index)."""
-    values = torch.full((rows.numel(),), math.inf, dtype=torch.float32, device=data.device)
+def _candidate_space(data, rng: np.random.Generator, exclude: np.ndarray):
+    """The projection the sampled candidates are searched in, or None for the full space (always below
+    PROJECTION_MIN_WORK), and the number of axes it keeps (``D`` for the full space).
+
+    Rows drawn at random (never the audit's) have their nearest foreign sample found; the fewest axes of
+    PROJECTED_DIMS (up to D / 2) whose projection ranks it within the first PROJECTED_TOP foreign samples for all
+    but PROJECTION_MAX_MISSES of these rows are taken. Features that vary in many directions alike (isotropic
+    classes) pass at none and keep the full space."""
+    dim = data.exact.shape[1]
+    pool = np.setdiff1d(np.arange(data.n), exclude)
+    if float(data.n) ** 2 * dim < PROJECTION_MIN_WORK or len(pool) < PROJECTION_CHECK_ROWS:
+        return None, dim
+    held, axes = principal_axes(data, PROJECTION_FIT_ROWS, rng)
+    ladder = [d for d in PROJECTED_DIMS if 2 * d <= dim and held[d - 1] >= PROJECTION_MIN_VARIANCE]
+    if not ladder:
+        return None, dim
+    rows = torch.from_numpy(np.sort(rng.choice(pool, size=PROJECTION_CHECK_ROWS, replace=False))).to(data.device)
+    nearest = foreign_top(data, rows, 1)[1][:, 0]  # float32 nearest: a near-tie may swap, which moves a rank by one
+    for dims in ladder:
+        coordinates = projected_coordinates(data, axes, dims)
+        ranks = projected_rank(data, coordinates, rows, nearest)
+        if int((ranks >= PROJECTED_TOP).sum()) <= PROJECTION_MAX_MISSES:
+            return projected_features(data, coordinates), dims
+    return None, dim
+
+
+def _nearest_in_cells(data, rows: torch.Tensor, row_cells: torch.Tensor, cell_sets: list[torch.Tensor],
+                      projected=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each row, the nearest candidate of its own cell's set: float64 squared distance (exact after a projected
+    ranking, float32 in the full space) and sorted index."""
+    values = torch.full((rows.numel(),), math.inf, dtype=torch.float64, device=data.device)
     nearest = torch.zeros(rows.numel(), dtype=torch.int64, device=data.device)
     for c in torch.unique(row_cells).tolist():
         members = torch.nonzero(row_cells == c, as_tuple=True)[0]
-        values[members], nearest[members] = nearest_among(data, rows[members], cell_sets[c])
+        if projected is None:
+            found, nearest[members] = nearest_among(data, rows[members], cell_sets[c])
+            values[members] = found.to(torch.float64)
+        else:
+            values[members], nearest[members] = nearest_among_projected(data, projected, rows[members], cell_sets[c],
+                                                                        PROJECTED_TOP)
     return values, nearest
 
 
@@ -320,7 +381,7 @@ def _add_lists(data, cell_sets: list[torch.Tensor], lists: torch.Tensor, list_ce
 
 def _sampled_candidates(data, radius: np.ndarray, settled: np.ndarray, rng: np.random.Generator,
                         exclude: np.ndarray, block_size: int | None,
-                        stop_after: Callable[[int, int], bool] | None = None) -> dict:
+                        stop_after: Callable[[int, int], bool] | None = None, projected=None) -> dict:
     """Lower every row's candidate radius with the foreign samples that are nearest to *sampled* rows of its class.
 
     Why this works: the nearest foreign samples of a class are few and shared (hubs: at N = 50,000 only about one
@@ -338,7 +399,8 @@ def _sampled_candidates(data, radius: np.ndarray, settled: np.ndarray, rng: np.r
     per cell), verified in float64 like the graph's. ``exclude`` (the audit rows) is never sampled, so the audit
     measures rows the sample did not see. ``stop_after(start, end)``, called once a class's rows have their final
     candidates, may end the work there (``"stopped_early"``): the audit gate does that as soon as the audit is sure
-    to fail.
+    to fail. With ``projected`` (see ``_candidate_space``) the sampled rows' searches, the recall checks and the dense
+    pass rank candidates in that projection and take exact distances of the few ranked first.
     """
     block_rows = int(block_size) if block_size else 2 * SAMPLE_BATCH
     excluded = np.zeros(data.n, dtype=bool)
@@ -354,11 +416,14 @@ def _sampled_candidates(data, radius: np.ndarray, settled: np.ndarray, rng: np.r
         while taken < cap:
             batch = torch.from_numpy(np.sort(pool[taken : min(taken + SAMPLE_BATCH, cap)])).to(data.device)
             taken += batch.numel()
-            values, indices = foreign_top(data, batch, SAMPLE_TOP, block_rows)
+            if projected is None:
+                values, indices = foreign_top(data, batch, SAMPLE_TOP, block_rows)
+            else:
+                values, indices = foreign_top_projected(data, projected, batch, SAMPLE_TOP, block_rows)
             batch_np = batch.cpu().numpy()
             graph_only = torch.from_numpy(radius[batch_np] ** 2).to(data.device)
-            in_cells = _nearest_in_cells(data, batch, cell_of[batch - s], cell_sets)[0]
-            with_sample = torch.minimum(graph_only, in_cells.to(torch.float64))
+            in_cells = _nearest_in_cells(data, batch, cell_of[batch - s], cell_sets, projected)[0]
+            with_sample = torch.minimum(graph_only, in_cells)
             open_rows = torch.from_numpy(~settled[batch_np]).to(data.device)
             bound = values[:, 0].to(torch.float64) + 2 * data.eps(batch)  # float32 band: a tie is not a miss
             # the two rules the final pass may use: settled rows keep the graph's candidate, or every row is searched
@@ -379,8 +444,8 @@ def _sampled_candidates(data, radius: np.ndarray, settled: np.ndarray, rng: np.r
             rows = rows[torch.from_numpy(~settled[s:e]).to(data.device)]
         if rows.numel():
             row_cells = cell_of[rows - s]
-            _, nearest = _nearest_in_cells(data, rows, row_cells, cell_sets)
             sizes = torch.tensor([c.numel() for c in cell_sets], device=data.device)
+            _, nearest = _nearest_in_cells(data, rows, row_cells, cell_sets, projected)
             has = sizes[row_cells] > 0
             _offer(data, radius, rows[has], nearest[has])
             searched += int(has.sum())
@@ -432,6 +497,8 @@ def _ann_kstar(data, n_neighbors: int, seed: int, n_jobs: int | None, block_size
     audit_rows = np.sort(rng.choice(data.n, size=size, replace=False)) if size else np.empty(0, dtype=np.int64)
     exact_audit = 1 + exact_counts(data, audit_rows, block_size=block_size)[0]
     lap("exact_audit")
+    projected, dims = _candidate_space(data, np.random.default_rng([seed, 1]), audit_rows)  # its own random stream
+    lap("candidate_space")
     radius, settled = _graph_candidates(data, n_neighbors, seed, n_jobs)
     lap("graph")
     done = {"rows": 0, "wrong": 0, "classes": 0, "differences": []}
@@ -450,9 +517,11 @@ def _ann_kstar(data, n_neighbors: int, seed: int, n_jobs: int | None, block_size
         return done["wrong"] > (1 - min_identical) * size
 
     gate = audit_gate if min_identical is not None and size else None
-    sample_info = _sampled_candidates(data, radius, settled, rng, audit_rows, block_size, stop_after=gate)
+    sample_info = _sampled_candidates(data, radius, settled, rng, audit_rows, block_size, stop_after=gate,
+                                      projected=projected)
     lap("sampled_candidates")
-    info = {"n_neighbors": int(min(n_neighbors, data.n - 1)), **sample_info, "ann_phase_seconds": phases}
+    info = {"n_neighbors": int(min(n_neighbors, data.n - 1)), "candidate_dims": int(dims), **sample_info,
+            "ann_phase_seconds": phases}
     if sample_info["stopped_early"]:
         diff = np.concatenate(done["differences"] or [np.zeros(0, dtype=np.int64)])
         audit = {"size": done["rows"], "fraction_identical": 1 - done["wrong"] / max(done["rows"], 1),

@@ -739,3 +739,102 @@ def ann_neighbour_graph(
         )
         indices, _ = index.neighbor_graph
     return indices
+
+
+def principal_axes(data: ClassSortedFeatures, rows: int, rng: np.random.Generator) -> tuple[np.ndarray, torch.Tensor]:
+    """The fraction of the variance held by the first 1, 2, ... D principal axes of the centred features (D,), and
+    those axes (D, D) float64, largest variance first, fitted on at most ``rows`` random rows (the ANN path may rank
+    its candidates in the leading axes: see :func:`projected_coordinates`)."""
+    dim = data.exact.shape[1]
+    pick = torch.from_numpy(np.sort(rng.choice(data.n, size=min(rows, data.n), replace=False))).to(data.device)
+    sample = data.left[pick, :dim].to(torch.float64)
+    variances, axes = torch.linalg.eigh(sample.T @ sample)
+    held = np.cumsum(variances.flip(dims=(0,)).clamp(min=0).cpu().numpy())
+    return held / max(float(held[-1]), np.finfo(np.float64).tiny), axes.flip(dims=(1,))
+
+
+def projected_coordinates(data: ClassSortedFeatures, axes: torch.Tensor, dims: int) -> torch.Tensor:
+    """(N, dims + 1) float64: each sorted row in the first ``dims`` principal axes, then the norm of what they leave
+    out.
+
+    Why: the squared distance of two such rows, |P(x - y)|^2 + (|r_x| - |r_y|)^2, is a lower bound of |x - y|^2 that
+    is tight when the features vary mostly in a few directions (learned features do: 99% of the variance of the 64-d
+    Fashion-MNIST features of ``benchmarks/bench_kstar.py`` lies in 10 axes), so ranking candidates in it costs a
+    fraction of the full product."""
+    dim = data.exact.shape[1]
+    out = torch.empty((data.n, dims + 1), dtype=torch.float64, device=data.device)
+    step = max(1, LAYOUT_CHUNK_BYTES // (8 * max(dim, 1)))
+    for lo in range(0, data.n, step):
+        centred = data.left[lo : lo + step, :dim].to(torch.float64)
+        kept = centred @ axes[:, :dims]
+        out[lo : lo + step, :dims] = kept
+        out[lo : lo + step, dims] = ((centred * centred).sum(dim=1) - (kept * kept).sum(dim=1)).clamp(min=0).sqrt()
+    return out
+
+
+def projected_rank(data: ClassSortedFeatures, coordinates: torch.Tensor, rows: torch.Tensor,
+                   nearest: torch.Tensor) -> torch.Tensor:
+    """For each given sorted row, how many of its foreign samples are nearer in the projection (``coordinates``) than
+    its nearest foreign sample ``nearest`` of the full space: the place the true answer takes in a projected ranking
+    (0 is first). Computed in float64."""
+    ranks = torch.zeros(rows.numel(), dtype=torch.int64, device=data.device)
+    squares = (coordinates * coordinates).sum(dim=1)
+    step = max(1, min(MIN_BLOCK_ROWS, 2**22 // max(data.n, 1)))  # about 32 MiB of float64 distances at once
+    for lo in range(0, rows.numel(), step):
+        part, near = rows[lo : lo + step], nearest[lo : lo + step]
+        d2 = squares[part, None] + squares[None, :] - 2 * coordinates[part] @ coordinates.T
+        target = d2.gather(1, near[:, None])
+        foreign = data.codes_t[None, :] != data.codes_t[part, None]
+        ranks[lo : lo + step] = ((d2 < target) & foreign).sum(dim=1)
+    return ranks
+
+
+def projected_features(data: ClassSortedFeatures, coordinates: torch.Tensor) -> ClassSortedFeatures:
+    """The kernel's layout of projected coordinates: rows keep their order, classes and device."""
+    projected = sort_by_class(coordinates.cpu().numpy(), data.codes, data.device)
+    assert np.array_equal(projected.order, np.arange(data.n))  # the codes are sorted already: the order stays
+    return projected
+
+
+def nearest_among_projected(data: ClassSortedFeatures, projected: ClassSortedFeatures, rows: torch.Tensor,
+                            cols: torch.Tensor, top: int,
+                            block_rows: int = 4 * MIN_BLOCK_ROWS) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each given sorted row, the candidate column nearest in the full space among the ``top`` nearest in
+    ``projected``, with its exact float64 squared distance (the float64 direct form, as the verification takes it).
+
+    The dense product over the candidates runs in the projection's few columns; only ``top`` pairs per row are then
+    computed in full. What this can miss (a true nearest candidate ranked below ``top`` in the projection) is what
+    the ANN path's recall check and audit measure."""
+    values = torch.full((rows.numel(),), math.inf, dtype=torch.float64, device=data.device)
+    found = torch.zeros(rows.numel(), dtype=torch.int64, device=data.device)
+    if cols.numel() == 0 or rows.numel() == 0:
+        return values, found
+    m = int(min(top, cols.numel()))
+    tile = _tile_columns(block_rows, projected)
+    with full_float32_precision(), torch.inference_mode():
+        right = projected.right[cols]
+        for lo in range(0, rows.numel(), block_rows):
+            part = rows[lo : lo + block_rows]
+            left = projected.left[part]
+            best = RowSmallest(part.numel(), m, data.device)
+            for clo in range(0, cols.numel(), tile):
+                best.push(left @ right[clo : clo + tile].T, clo)
+            picked = cols[best.result()[1]]
+            dist = exact_pair_distances(data.exact, part.repeat_interleave(m), picked.reshape(-1)).reshape(-1, m)
+            nearest, at = dist.min(dim=1)
+            values[lo : lo + block_rows] = nearest * nearest
+            found[lo : lo + block_rows] = picked.gather(1, at[:, None])[:, 0]
+    return values, found
+
+
+def foreign_top_projected(data: ClassSortedFeatures, projected: ClassSortedFeatures, rows: torch.Tensor, m: int,
+                          block_rows: int = MIN_BLOCK_ROWS) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`foreign_top` searched in ``projected``: the ``m`` nearest foreign samples of each row in the projection,
+    then ordered by their exact float64 squared distances in the full space (returned in place of float32 ones).
+    The first is the row's nearest foreign sample whenever the projection ranks that within its first m."""
+    _, indices = foreign_top(projected, rows, m, block_rows)
+    m = indices.shape[1]
+    with torch.inference_mode():
+        dist = exact_pair_distances(data.exact, rows.repeat_interleave(m), indices.reshape(-1)).reshape(-1, m)
+    values, order = (dist * dist).sort(dim=1, stable=True)
+    return values, indices.gather(1, order)

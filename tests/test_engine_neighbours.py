@@ -224,3 +224,111 @@ def test_nearest_among_picks_the_nearest_candidate_column():
     np.testing.assert_allclose(values.numpy(), d2.min(axis=1), rtol=1e-4, atol=1e-4)
     empty_values, _ = nearest_among(data, rows, torch.zeros(0, dtype=torch.int64))
     assert torch.isinf(empty_values).all()
+
+
+def _low_rank(n: int = 600, dim: int = 24, latent: int = 3, classes: int = 3, seed: int = 0, noise: float = 1e-3):
+    """Classes that vary in ``latent`` directions of ``dim`` (plus a little isotropic noise), as learned features do."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, classes, n)
+    basis = np.linalg.qr(rng.normal(size=(dim, latent)))[0].T
+    z = rng.normal(size=(classes, latent))[y] + rng.normal(size=(n, latent))
+    return z @ basis + noise * rng.normal(size=(n, dim)), y, basis
+
+
+def test_principal_axes_find_the_directions_the_features_vary_in():
+    from kstar_utils.neighbours import principal_axes
+
+    x, y, basis = _low_rank()
+    data = sort_by_class(x, y, torch.device("cpu"))
+    held, axes = principal_axes(data, 10_000, np.random.default_rng(0))
+    assert held.shape == (24,) and axes.shape == (24, 24)
+    assert held[1] < 0.99 < held[2] and held[-1] == pytest.approx(1.0) and np.all(np.diff(held) >= -1e-12)
+    np.testing.assert_allclose((axes.T @ axes).numpy(), np.eye(24), atol=1e-10)  # orthonormal
+    leading = axes[:, :3].numpy()
+    np.testing.assert_allclose(np.linalg.norm(basis @ leading, axis=0), 1.0, atol=1e-3)  # they span the basis
+
+
+def test_projected_distances_are_lower_bounds_and_exact_with_every_axis():
+    from kstar_utils.neighbours import principal_axes, projected_coordinates
+
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(200, 10)) * np.linspace(3, 0.1, 10), rng.integers(0, 2, 200)
+    data = sort_by_class(x, y, torch.device("cpu"))
+    _, axes = principal_axes(data, 200, rng)
+    full = data.exact.numpy()
+    true = ((full[:, None] - full[None]) ** 2).sum(axis=2)
+    held = []
+    for dims in (1, 3, 6):
+        c = projected_coordinates(data, axes, dims).numpy()
+        assert c.shape == (200, dims + 1)
+        projected = ((c[:, None] - c[None]) ** 2).sum(axis=2)
+        assert np.all(projected <= true * (1 + 1e-5) + 1e-9)  # a lower bound (the float32 layout's rounding aside)
+        held.append(np.mean(projected) / np.mean(true))
+    assert held[0] < held[1] < held[2] and held[2] > 0.95  # tighter with each axis kept
+    every = projected_coordinates(data, axes, 10).numpy()
+    np.testing.assert_allclose(every[:, 10], 0.0, atol=1e-5)
+    np.testing.assert_allclose(((every[:, None] - every[None]) ** 2).sum(axis=2), true, rtol=1e-5, atol=1e-8)
+
+
+def test_projected_rank_counts_the_foreign_samples_nearer_in_the_projection():
+    from kstar_utils.neighbours import foreign_top, principal_axes, projected_coordinates, projected_rank
+
+    rng = np.random.default_rng(2)
+    x, y = rng.normal(size=(300, 8)), rng.integers(0, 3, 300)
+    data = sort_by_class(x, y, torch.device("cpu"))
+    coords = projected_coordinates(data, principal_axes(data, 300, rng)[1], 2)
+    rows = torch.from_numpy(rng.choice(300, size=40, replace=False))
+    nearest = foreign_top(data, rows, 1)[1][:, 0]
+    full, codes, c = data.exact.numpy(), data.codes, coords.numpy()
+    for r, q in zip(rows.numpy(), nearest.numpy()):
+        d2 = ((full - full[r]) ** 2).sum(axis=1)
+        d2[codes == codes[r]] = np.inf
+        assert d2[q] == d2.min() and codes[q] != codes[r]  # the exact nearest foreign sample
+    ranks = projected_rank(data, coords, rows, nearest).numpy()
+    for r, q, rank in zip(rows.numpy(), nearest.numpy(), ranks):
+        p2 = ((c - c[r]) ** 2).sum(axis=1)
+        assert rank == np.count_nonzero((p2 < p2[q]) & (codes != codes[r]))
+    assert ranks.max() > 0  # two axes of eight isotropic ones do misrank: the test can tell
+
+
+def test_projected_search_keeps_the_order_and_finds_the_exact_nearest_of_its_top_few():
+    """nearest_among_projected and foreign_top_projected rank in the projection, then take exact float64 distances:
+    on low-rank features they agree with the full-space search."""
+    import kstar_utils.neighbours as nb
+
+    x, y, _ = _low_rank(n=500, seed=3, noise=0.05)
+    data = sort_by_class(x, y, torch.device("cpu"))
+    axes = nb.principal_axes(data, 500, np.random.default_rng(0))[1]
+    projected = nb.projected_features(data, nb.projected_coordinates(data, axes, 3))
+    assert projected.n == data.n and np.array_equal(projected.codes, data.codes) and projected.exact.shape[1] == 4
+    s, e = int(data.starts[0]), int(data.ends[0])
+    rows, cols = torch.arange(s, e), torch.arange(e, data.n)
+    values, found = nb.nearest_among_projected(data, projected, rows, cols, top=4, block_rows=32)
+    exact_found = nb.nearest_among(data, rows, cols)[1]
+    np.testing.assert_array_equal(found.numpy(), exact_found.numpy())
+    assert values.dtype == torch.float64
+    np.testing.assert_array_equal(values.numpy(), nb.exact_pair_distances(data.exact, rows, found).numpy() ** 2)
+    top_values, top_indices = nb.foreign_top_projected(data, projected, rows, 16)
+    assert top_values.shape == top_indices.shape == (e - s, 16)
+    np.testing.assert_array_equal(top_indices[:, 0].numpy(), nb.foreign_top(data, rows, 1)[1][:, 0].numpy())
+    assert torch.all(top_values[:, 1:] >= top_values[:, :-1])  # ascending exact distances
+    assert np.all(data.codes[top_indices.numpy()] != 0)
+    empty = nb.nearest_among_projected(data, projected, rows, torch.zeros(0, dtype=torch.int64), top=4)[0]
+    assert torch.isinf(empty).all()
+
+
+def test_the_projected_search_takes_the_exact_nearest_of_its_top_only():
+    """top=1 takes whatever the projection ranks first; a wider top finds the nearest in the full space."""
+    from kstar_utils.neighbours import nearest_among_projected, projected_features
+
+    # the projection keeps the first axis and the norm of the rest: it cannot tell (0.5, -1, 0) from (0.5, 1, 0), so it
+    # ranks candidate 1 at 0.25 before candidate 2 at 1.0; in full, candidate 2 is the nearer (1.0 against 4.25)
+    x = np.array([[0.0, 1.0, 0.0], [0.5, -1.0, 0.0], [1.0, 1.0, 0.0]])
+    data = sort_by_class(x, np.array([0, 1, 1]), torch.device("cpu"))
+    coords = torch.from_numpy(np.column_stack([x[:, 0], np.linalg.norm(x[:, 1:], axis=1)]))
+    projected = projected_features(data, coords)
+    rows, cols = torch.tensor([0]), torch.tensor([1, 2])
+    values, found = nearest_among_projected(data, projected, rows, cols, top=1)
+    assert found.tolist() == [1] and values.item() == pytest.approx(4.25)
+    values, found = nearest_among_projected(data, projected, rows, cols, top=2)
+    assert found.tolist() == [2] and values.item() == pytest.approx(1.0)

@@ -63,7 +63,8 @@ def test_ann_reports_where_its_time_went(overlapping):
     ann = compute_kstar(x, y, method="ann", n_neighbors=10, seed=3, n_jobs=1, audit_size=50)
     elapsed = time.perf_counter() - start
     phases = ann.params["ann_phase_seconds"]
-    assert list(phases) == ["exact_audit", "graph", "sampled_candidates", "exact_search", "ann_audit", "verification"]
+    assert list(phases) == ["exact_audit", "candidate_space", "graph", "sampled_candidates", "exact_search",
+                            "ann_audit", "verification"]
     assert all(v >= 0 for v in phases.values()) and sum(phases.values()) <= elapsed + 0.01
     assert KStarResult.from_json(ann.to_json()).params["ann_phase_seconds"] == phases
 
@@ -293,3 +294,50 @@ def test_cli_reports_the_audit_of_a_fallback_that_stopped_early(tmp_path, monkey
                      "--n-neighbors", "2", "--audit-size", "200", "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "(exact," in out and "ANN audit:" in out and "largest difference" in out
+
+
+def _low_rank_classes():
+    from kstar_utils.synthetic import gaussian_classes
+
+    return gaussian_classes(3000, 64, 5, separation=1.0, seed=1, latent=8)  # 8 directions of 64, plus noise 0.1
+
+
+def test_candidate_space_takes_the_fewest_axes_that_rank_the_nearest_foreign_sample_near_the_top(monkeypatch):
+    """Low-rank features get a projection of few axes; isotropic ones (no axes holding 90% of the variance), narrow
+    ones (D < 16) and small problems (N^2 * D below PROJECTION_MIN_WORK) keep the full space."""
+    import kstar_utils.kstar as kstar_module
+    from kstar_utils.neighbours import resolve_device, sort_by_class
+    from kstar_utils.synthetic import gaussian_classes
+
+    cpu, none = resolve_device("cpu"), np.empty(0, dtype=np.int64)
+    x, y = _low_rank_classes()
+    data = sort_by_class(x, y, cpu)
+    assert kstar_module._candidate_space(data, np.random.default_rng(0), none) == (None, 64)  # 3000^2 * 64 < 1e12
+    monkeypatch.setattr(kstar_module, "PROJECTION_MIN_WORK", 0.0)
+    projected, dims = kstar_module._candidate_space(data, np.random.default_rng(0), none)
+    assert dims in (8, 16) and projected.exact.shape == (3000, dims + 1)
+    iso_x, iso_y = gaussian_classes(3000, 64, 5, separation=0.35, seed=1)
+    assert kstar_module._candidate_space(sort_by_class(iso_x, iso_y, cpu), np.random.default_rng(0), none) == (None,
+                                                                                                                64)
+    assert kstar_module._candidate_space(sort_by_class(x[:, :12], y, cpu), np.random.default_rng(0), none) == (None,
+                                                                                                                12)
+
+
+def test_a_large_problem_searches_its_candidates_in_the_projection(monkeypatch):
+    """Above PROJECTION_MIN_WORK the sampled rows, the recall checks and the dense pass run in the projection (the
+    graph stays in the full space); k* never falls below exact and stays as close as without."""
+    import kstar_utils.kstar as kstar_module
+
+    x, y = _low_rank_classes()
+    exact = compute_kstar(x, y, method="exact")
+    plain = compute_kstar(x, y, method="ann", n_neighbors=10, n_jobs=1, audit_size=300)
+    assert plain.params["candidate_dims"] == 64  # a small problem: the full space
+    searched = []
+    real = kstar_module.foreign_top_projected
+    monkeypatch.setattr(kstar_module, "foreign_top_projected", lambda *a: searched.append(1) or real(*a))
+    monkeypatch.setattr(kstar_module, "PROJECTION_MIN_WORK", 0.0)
+    ann = compute_kstar(x, y, method="ann", n_neighbors=10, n_jobs=1, audit_size=300)
+    assert ann.params["candidate_dims"] in (8, 16) and len(searched) >= 5  # every class's sampled rows
+    assert np.all(ann.kstar >= exact.kstar)
+    assert np.mean(ann.kstar == exact.kstar) >= min(0.99, np.mean(plain.kstar == exact.kstar))
+    assert ann.audit["fraction_identical"] >= 0.98
