@@ -29,6 +29,10 @@ float64 only the comparisons that float32 rounding could have decided wrongly.
   them. The result therefore equals the float64 definition, ties included.
 * All tensor work runs through torch, so the same code runs on CPU and CUDA (TF32 is switched off while it runs:
   its 10-bit mantissa would break the error bound).
+* For the ANN path's candidate search only: ``principal_axes`` and ``projected_coordinates`` give a few-axis layout
+  whose distances are lower bounds of the true ones, ``projected_rank`` measures how well it ranks, and
+  ``nearest_among_projected`` / ``foreign_top_projected`` rank in it and take exact distances of the first few.
+  Nothing in the exact kernel uses them.
 """
 
 from __future__ import annotations
