@@ -23,7 +23,7 @@ EXIT_USER_ERROR = 2
 
 
 def _add_compute(sub: argparse._SubParsersAction) -> None:
-    from .kstar import AUTO_EXACT_MAX_WORK, DEFAULT_AUDIT_SIZE, DEFAULT_N_NEIGHBORS
+    from .defaults import AUTO_EXACT_MAX_WORK, DEFAULT_AUDIT_SIZE, DEFAULT_N_NEIGHBORS
 
     p = sub.add_parser(
         "compute",

@@ -53,6 +53,7 @@ import pandas as pd
 import torch
 
 from . import metrics
+from .defaults import AUTO_EXACT_MAX_WORK, DEFAULT_AUDIT_SIZE, DEFAULT_N_NEIGHBORS
 from .errors import ANNAccuracyWarning, KStarInputError  # noqa: F401  (re-exported for callers)
 from .neighbours import (
     ann_neighbour_graph,
@@ -72,16 +73,6 @@ from .neighbours import (
 )
 from .validation import METHODS, check_choice, check_count, check_fraction, check_inputs, check_number
 
-# N^2 * D above which method="auto" uses ANN. Measured (benchmarks/bench_kstar.py parts 3 and 5, two runs, README,
-# Performance), ANN / exact speed-up on data (a) at D = 128: 0.44-0.48x at N = 25,000, 0.55-0.68x at 50,000,
-# 0.66-0.77x at 100,000 and 1.45x at 200,000 (where the k-means cells pay off: classes of 20,000 rows). Exact has no
-# error at all, and on isotropic data ANN fails its audit (then the gate stops it part-way and exact runs), so "auto"
-# waits for twice that size: N = 400,000 at D = 128, N^2 * D = 2e13.
-AUTO_EXACT_MAX_WORK = 2.0e13
-# The graph only has to find the nearest foreign samples of samples near another class (the sampled rows find the
-# others): 15 neighbours did that at N = 200,000 in half the time of 30 (benchmarks/bench_kstar.py, README).
-DEFAULT_N_NEIGHBORS = 15
-DEFAULT_AUDIT_SIZE = 1000
 # Below this fraction of identical k* in the audit, "auto" discards the ANN result and computes exact k*, and "ann"
 # warns: isotropic high-dimensional classes have few shared nearest foreign samples (see README, Performance).
 ANN_MIN_IDENTICAL = 0.99

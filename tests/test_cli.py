@@ -42,3 +42,27 @@ def test_a_bug_keeps_its_traceback(monkeypatch):
     with pytest.raises(ZeroDivisionError):
         main(["study"])
     assert not issubclass(ZeroDivisionError, KStarError)
+
+
+def test_the_package_and_the_help_load_without_the_engine():
+    """``import kstar_utils`` and ``kstar --help`` import neither torch nor scipy nor numba (about 5 s here); the
+    engine's names load on first use and are the engine's own."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, kstar_utils\n"
+        "from kstar_utils.cli import build_parser\n"
+        "build_parser().format_help()\n"
+        "heavy = sorted(m for m in ('torch', 'scipy', 'numba', 'pynndescent') if m in sys.modules)\n"
+        "from kstar_utils import compute_kstar, gamma_true\n"
+        "import kstar_utils.kstar, kstar_utils.metrics\n"
+        "print(heavy, compute_kstar is kstar_utils.kstar.compute_kstar, gamma_true is kstar_utils.metrics.gamma_true,"
+        " 'compute_kstar' in dir(kstar_utils))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[] True True True"
+    with pytest.raises(AttributeError, match="no attribute 'nothing_here'"):
+        import kstar_utils
+
+        kstar_utils.nothing_here  # noqa: B018
