@@ -322,8 +322,10 @@ def _candidate_space(data, rng: np.random.Generator, exclude: np.ndarray):
     but PROJECTION_MAX_MISSES of these rows are taken. Features that vary in many directions alike (isotropic
     classes) pass at none and keep the full space."""
     dim = data.exact.shape[1]
+    if float(data.n) ** 2 * dim < PROJECTION_MIN_WORK:  # first: every ANN call comes here
+        return None, dim
     pool = np.setdiff1d(np.arange(data.n), exclude)
-    if float(data.n) ** 2 * dim < PROJECTION_MIN_WORK or len(pool) < PROJECTION_CHECK_ROWS:
+    if len(pool) < PROJECTION_CHECK_ROWS:
         return None, dim
     held, axes = principal_axes(data, PROJECTION_FIT_ROWS, rng)
     ladder = [d for d in PROJECTED_DIMS if 2 * d <= dim and held[d - 1] >= PROJECTION_MIN_VARIANCE]
