@@ -17,7 +17,8 @@ Run: ``.venv/bin/python benchmarks/bench_kstar.py [--quick] [--parts 1,2,3,4,5] 
    width 8; cached under $KSTAR_HOME/bench) on Fashion-MNIST, features of all 70,000 images. Each method best of
    ``--repeat`` (3) runs here (parts 3 take one run each: a minute or more per run). Every ANN line also gives the CPU
    seconds of all threads in the same runs, which other jobs on a shared machine disturb less than wall time.
-5. Crossover of ANN and exact on data (a) at smaller N, for ``method="auto"``'s threshold.
+5. Crossover of ANN and exact on data (a) at smaller N, for ``method="auto"``'s thresholds; then ``auto`` itself at
+   N = 150,000 on data (a) (it should take ANN) and (b) (exact, after the candidate-space check), against exact.
 6. Part 1 again in a fresh process with one thread, timed in CPU seconds (``time.process_time``): on a machine
    shared with other jobs, wall-clock ratios mostly measure the neighbours' load; CPU time of one thread does not.
 
@@ -360,13 +361,31 @@ def main() -> None:
         save()
     if 5 in parts:
         rows = []
-        for n in (25_000 // scale, 50_000 // scale, 100_000 // scale):
+        for n in (25_000 // scale, 50_000 // scale, 100_000 // scale, 150_000 // scale):
             x, y = gaussian_classes(n, 128, 10, 1, latent=16)
             r = compare_ann(x, y, "data (a)")
             rows.append({k: r[k] for k in ("n", "dim", "ann_s", "exact_s", "speedup", "identical_all")})
             print(f"[5] crossover, data (a), N={n:,}: ANN {r['ann_s']:.1f} s, exact {r['exact_s']:.1f} s, "
                   f"speed-up {r['speedup']:.2f}x, {r['identical_all']:.2%} identical", flush=True)
         figures["crossover"] = rows
+        from kstar_utils import compute_kstar
+
+        figures["auto"] = []
+        for key, latent in (("a", 16), ("b", None)):  # what method="auto" does in the middle sizes, and what it costs
+            x, y = gaussian_classes(150_000 // scale, 128, 10, 1, latent=latent)
+            results = {}
+            exact_s = best_of(lambda: results.__setitem__("exact", compute_kstar(x, y, method="exact")), 1)
+            auto_s = best_of(lambda: results.__setitem__("auto", compute_kstar(x, y, method="auto")), 1)
+            auto = results["auto"]
+            row = {"data": key, "n": len(x), "auto_method": auto.method, "auto_s": auto_s, "exact_s": exact_s,
+                   "candidate_dims": auto.params.get("candidate_dims"),
+                   "identical_all": float(np.mean(auto.kstar == results["exact"].kstar))}
+            figures["auto"].append(row)
+            why = ("by size alone" if row["candidate_dims"] is None else
+                   f"after the candidate-space check: {row['candidate_dims']} of 128 axes")
+            print(f"[5] method='auto' on data ({key}), N={row['n']:,}: chose {auto.method} ({why}), "
+                  f"{auto_s:.1f} s against exact's {exact_s:.1f} s = "
+                  f"{exact_s / auto_s:.2f}x, {row['identical_all']:.2%} identical", flush=True)
         save()
     save()
 

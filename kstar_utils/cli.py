@@ -23,7 +23,7 @@ EXIT_USER_ERROR = 2
 
 
 def _add_compute(sub: argparse._SubParsersAction) -> None:
-    from .defaults import AUTO_EXACT_MAX_WORK, DEFAULT_AUDIT_SIZE, DEFAULT_N_NEIGHBORS
+    from .defaults import AUTO_ANN_MIN_WORK, AUTO_EXACT_MAX_WORK, DEFAULT_AUDIT_SIZE, DEFAULT_N_NEIGHBORS
 
     p = sub.add_parser(
         "compute",
@@ -43,7 +43,8 @@ def _add_compute(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--method", choices=["auto", "exact", "ann"], default="auto",
                    help=f"exact search, pynndescent + exact verification (its numba code compiles on a process's "
                         f"first use, about a minute, then is cached), or auto (exact while N^2*D <= "
-                        f"{AUTO_EXACT_MAX_WORK:.0e})")
+                        f"{AUTO_ANN_MIN_WORK:.0e}; up to {AUTO_EXACT_MAX_WORK:.0e} ANN only for features of low "
+                        f"intrinsic dimension)")
     p.add_argument("--threshold", type=float, default=0.5, help="pattern threshold t: Fractured > t, Clustered < -t")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
     p.add_argument("--block-size", type=int, default=None, help="query rows per block (memory ~ block x N x 4 bytes)")

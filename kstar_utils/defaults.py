@@ -2,12 +2,18 @@
 without importing torch, scipy and numba (``kstar --help`` took about 7 s when it did). :mod:`kstar_utils.kstar`
 uses them from here."""
 
-# N^2 * D above which method="auto" uses ANN. Measured (benchmarks/bench_kstar.py parts 3 and 5, two runs, README,
-# Performance), ANN / exact speed-up on data (a) at D = 128: 0.44-0.48x at N = 25,000, 0.55-0.68x at 50,000,
-# 0.66-0.77x at 100,000 and 1.45x at 200,000 (where the k-means cells pay off: classes of 20,000 rows). Exact has no
-# error at all, and on isotropic data ANN fails its audit (then the gate stops it part-way and exact runs), so "auto"
-# waits for twice that size: N = 400,000 at D = 128, N^2 * D = 2e13. Since the projected candidate search
-# (2026-11-30) ANN is 1.8x faster at N = 200,000; the smaller sizes were not measured again, so the threshold stays.
+# How method="auto" chooses, by the work N^2 * D (benchmarks/bench_kstar.py parts 3 and 5; README, Performance).
+# ANN / exact speed-up on data (a) (Gaussian classes in a 16-d subspace of 128-d) since the projected candidate search,
+# one run each on 2026-11-30: 0.60x at N = 25,000, 0.64x at 50,000 (both below the projection's size), 1.09x at
+# 100,000, 1.51x at 150,000 and 1.82x at 200,000 (best of 2): the crossover is near N^2 * D = 1.2e12. On isotropic
+# classes (data (b)) ANN is slower at every size measured (0.75x to 0.86x at N = 200,000) and fails its audit.
+# So between AUTO_ANN_MIN_WORK and AUTO_EXACT_MAX_WORK "auto" runs ANN only when the candidate-space check finds a few
+# principal axes that rank each sample's nearest foreign sample near the top (low intrinsic dimension, as in (a) and
+# in learned features); otherwise it computes exact k* (the check costs about 1 s at N = 200,000, and nothing at all
+# when no few axes hold 90% of the variance). 2e12 (N = 125,000 at D = 128) stands above the crossover, where (a)
+# gains about 1.3x; below it exact wins or ties. Above AUTO_EXACT_MAX_WORK (N = 400,000 at D = 128) ANN runs on any
+# features, its audit gate falling back to exact where it fails.
+AUTO_ANN_MIN_WORK = 2.0e12
 AUTO_EXACT_MAX_WORK = 2.0e13
 # The graph only has to find the nearest foreign samples of samples near another class (the sampled rows find the
 # others): 15 neighbours did that at N = 200,000 in half the time of 30 (benchmarks/bench_kstar.py, README).

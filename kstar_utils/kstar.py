@@ -31,9 +31,11 @@ Then
   exact one runs instead (recorded as ``params["ann_fallback"]``); under ``method="ann"`` it raises a warning. The
   audit rows keep their exact k* in the result (the audit itself compares the ANN values);
 The only possible error is a missed nearest foreign neighbour (r_p too large, so k* too large); the audit measures how
-often that happens. ``method="auto"`` picks exact while N^2 * D <= ``AUTO_EXACT_MAX_WORK`` (from the benchmark in
-``benchmarks/bench_kstar.py``) and ANN above it; there the audit is checked class by class, and the ANN work stops as
-soon as the audit is sure to fail.
+often that happens. ``method="auto"`` picks exact while N^2 * D <= ``AUTO_ANN_MIN_WORK``; up to ``AUTO_EXACT_MAX_WORK``
+it runs ANN only when the candidate-space check finds a projection (features of low intrinsic dimension; otherwise
+exact, recorded as ``params["auto_exact_reason"]``), and above it ANN on any features (thresholds measured by
+``benchmarks/bench_kstar.py``: see ``kstar_utils/defaults.py``). Under ``auto`` the audit is checked class by class,
+and the ANN work stops as soon as the audit is sure to fail.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ import pandas as pd
 import torch
 
 from . import metrics
-from .defaults import AUTO_EXACT_MAX_WORK, DEFAULT_AUDIT_SIZE, DEFAULT_N_NEIGHBORS
+from .defaults import AUTO_ANN_MIN_WORK, AUTO_EXACT_MAX_WORK, DEFAULT_AUDIT_SIZE, DEFAULT_N_NEIGHBORS
 from .errors import ANNAccuracyWarning, KStarInputError  # noqa: F401  (re-exported for callers)
 from .neighbours import (
     ann_neighbour_graph,
@@ -249,11 +251,21 @@ class KStarResult:
 
 
 def choose_method(n: int, dim: int, method: str = "auto") -> str:
-    """Resolve ``auto`` to exact or ann by the work N^2 * D (see AUTO_EXACT_MAX_WORK)."""
+    """Resolve ``auto`` by the work N^2 * D: "exact" up to AUTO_ANN_MIN_WORK, "ann" above it. Up to
+    AUTO_EXACT_MAX_WORK that ANN is conditional (:func:`projection_required`): it runs only when the features have a
+    projection to search candidates in, and otherwise :func:`compute_kstar` computes exact k*."""
     check_choice("method", method, METHODS)
     if method != "auto":
         return method
-    return "exact" if float(n) * n * dim <= AUTO_EXACT_MAX_WORK else "ann"
+    work = float(n) * n * dim
+    return "ann" if work > AUTO_ANN_MIN_WORK or work > AUTO_EXACT_MAX_WORK else "exact"
+
+
+def projection_required(n: int, dim: int, method: str) -> bool:
+    """Whether an ANN run must find a projection for its candidates or hand over to exact: under ``auto`` between
+    AUTO_ANN_MIN_WORK and AUTO_EXACT_MAX_WORK, where ANN was measured faster on features of low intrinsic dimension
+    only (isotropic features need no less work than exact there)."""
+    return method == "auto" and AUTO_ANN_MIN_WORK < float(n) * n * dim <= AUTO_EXACT_MAX_WORK
 
 
 def _graph_candidates(data, n_neighbors: int, seed: int, n_jobs: int | None) -> tuple[np.ndarray, np.ndarray]:
@@ -463,8 +475,13 @@ def _ann_exact_search(data, radius: np.ndarray, block_size: int | None) -> int:
 
 
 def _ann_kstar(data, n_neighbors: int, seed: int, n_jobs: int | None, block_size: int | None,
-               audit_size: int, min_identical: float | None, progress: bool) -> tuple[np.ndarray | None, dict, dict]:
+               audit_size: int, min_identical: float | None, progress: bool,
+               require_projection: bool = False) -> tuple[np.ndarray | None, dict | None, dict]:
     """k* (sorted order) from ANN candidates, verified as the module docstring says, audited.
+
+    With ``require_projection`` (``auto`` in the middle sizes, see :func:`projection_required`) features with no
+    projection for the candidates end the ANN work before anything costly: None comes back for k* and for the audit,
+    and ``info["auto_exact_reason"]`` says why.
 
     The audit rows are drawn first, kept out of the sample, and their exact k* computed before anything else. When
     ``min_identical`` is given (``auto``), each class's audit rows are compared as soon as the class's candidates are
@@ -488,10 +505,15 @@ def _ann_kstar(data, n_neighbors: int, seed: int, n_jobs: int | None, block_size
 
     size = int(min(max(audit_size, 0), data.n))
     audit_rows = np.sort(rng.choice(data.n, size=size, replace=False)) if size else np.empty(0, dtype=np.int64)
-    exact_audit = 1 + exact_counts(data, audit_rows, block_size=block_size)[0]
-    lap("exact_audit")
     projected, dims = _candidate_space(data, np.random.default_rng([seed, 1]), audit_rows)  # its own random stream
     lap("candidate_space")
+    if require_projection and projected is None:
+        return None, None, {"candidate_dims": int(dims), "ann_phase_seconds": phases, "auto_exact_reason": (
+            f"N^2 x D is at most {AUTO_EXACT_MAX_WORK:.0e}, and no projection onto a few principal axes kept each "
+            "sampled row's nearest foreign sample among its first candidates (features of high intrinsic "
+            "dimension): there ANN is no faster than exact")}
+    exact_audit = 1 + exact_counts(data, audit_rows, block_size=block_size)[0]
+    lap("exact_audit")
     radius, settled = _graph_candidates(data, n_neighbors, seed, n_jobs)
     lap("graph")
     done = {"rows": 0, "wrong": 0, "classes": 0, "differences": []}
@@ -596,8 +618,11 @@ def compute_kstar(
     if resolved == "ann":
         # Under "auto" an ANN result that fails its audit is not returned: the exact path runs instead.
         kstar_sorted, audit, extra = _ann_kstar(data, n_neighbors, seed, n_jobs, block_size, audit_size,
-                                                ANN_MIN_IDENTICAL if method == "auto" else None, progress)
-        if kstar_sorted is None:
+                                                ANN_MIN_IDENTICAL if method == "auto" else None, progress,
+                                                require_projection=projection_required(n, dim, method))
+        if audit is None:  # auto declined ANN for these features: extra["auto_exact_reason"] says why
+            resolved = "exact"
+        elif kstar_sorted is None:
             where = (f" in the first {audit['stopped_after_classes']} of {audit['classes']} classes, where the ANN "
                      "work stopped" if "stopped_after_classes" in audit else "")
             warnings.warn(
@@ -666,4 +691,5 @@ def _installed_versions(packages: tuple[str, ...]) -> tuple[tuple[str, str | Non
     return tuple(out)
 
 
-__all__ = ["KStarResult", "compute_kstar", "choose_method", "versions", "ANNAccuracyWarning", "AUTO_EXACT_MAX_WORK"]
+__all__ = ["KStarResult", "compute_kstar", "choose_method", "projection_required", "versions", "ANNAccuracyWarning",
+           "AUTO_ANN_MIN_WORK", "AUTO_EXACT_MAX_WORK"]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from kstar_utils import compute_kstar
-from kstar_utils.kstar import AUTO_EXACT_MAX_WORK, choose_method
+from kstar_utils.kstar import AUTO_ANN_MIN_WORK, AUTO_EXACT_MAX_WORK, choose_method, projection_required
 
 pytestmark = pytest.mark.slow
 
@@ -63,7 +63,7 @@ def test_ann_reports_where_its_time_went(overlapping):
     ann = compute_kstar(x, y, method="ann", n_neighbors=10, seed=3, n_jobs=1, audit_size=50)
     elapsed = time.perf_counter() - start
     phases = ann.params["ann_phase_seconds"]
-    assert list(phases) == ["exact_audit", "candidate_space", "graph", "sampled_candidates", "exact_search",
+    assert list(phases) == ["candidate_space", "exact_audit", "graph", "sampled_candidates", "exact_search",
                             "ann_audit", "verification"]
     assert all(v >= 0 for v in phases.values()) and sum(phases.values()) <= elapsed + 0.01
     assert KStarResult.from_json(ann.to_json()).params["ann_phase_seconds"] == phases
@@ -144,9 +144,36 @@ def test_settled_samples_keep_the_graph_candidate_when_a_fresh_batch_confirms_it
 
 def test_auto_picks_exact_for_small_and_ann_for_large_problems():
     assert choose_method(1000, 64) == "exact"
+    middle = int(np.sqrt(AUTO_ANN_MIN_WORK / 128)) + 1000  # N = 126,000 at D = 128: ANN if the features allow it
     big = int(np.sqrt(AUTO_EXACT_MAX_WORK / 128)) + 1000
-    assert choose_method(big, 128) == "ann"
+    assert choose_method(middle - 2000, 128) == "exact" and not projection_required(middle - 2000, 128, "auto")
+    assert choose_method(middle, 128) == "ann" and projection_required(middle, 128, "auto")
+    assert choose_method(big, 128) == "ann" and not projection_required(big, 128, "auto")
     assert choose_method(big, 128, "exact") == "exact"
+    assert not projection_required(middle, 128, "ann")  # asked for by name, ANN runs on any features
+
+
+def test_auto_in_the_middle_sizes_runs_ann_only_for_features_of_low_intrinsic_dimension(monkeypatch):
+    """Between AUTO_ANN_MIN_WORK and AUTO_EXACT_MAX_WORK, isotropic features go to exact before any ANN work (no graph,
+    no audit: the reason is recorded), and low-rank ones get ANN with its candidates searched in a projection."""
+    import kstar_utils.kstar as kstar_module
+    from kstar_utils.synthetic import gaussian_classes
+
+    for name, value in (("AUTO_ANN_MIN_WORK", 0.0), ("AUTO_EXACT_MAX_WORK", 1e15), ("PROJECTION_MIN_WORK", 0.0)):
+        monkeypatch.setattr(kstar_module, name, value)
+    monkeypatch.setattr(kstar_module, "ann_neighbour_graph", lambda *a, **k: pytest.fail("no graph for exact"))
+    iso_x, iso_y = gaussian_classes(3000, 64, 5, separation=0.35, seed=1)
+    auto = compute_kstar(iso_x, iso_y, method="auto", n_jobs=1, audit_size=200)
+    assert auto.method == "exact" and auto.audit is None and auto.params["candidate_dims"] == 64
+    assert "high intrinsic dimension" in auto.params["auto_exact_reason"] and "ann_fallback" not in auto.params
+    np.testing.assert_array_equal(auto.kstar, compute_kstar(iso_x, iso_y, method="exact").kstar)
+    monkeypatch.undo()
+    for name, value in (("AUTO_ANN_MIN_WORK", 0.0), ("AUTO_EXACT_MAX_WORK", 1e15), ("PROJECTION_MIN_WORK", 0.0)):
+        monkeypatch.setattr(kstar_module, name, value)
+    x, y = _low_rank_classes()
+    low = compute_kstar(x, y, method="auto", n_neighbors=10, n_jobs=1, audit_size=300)
+    assert low.method == "ann" and low.params["candidate_dims"] in (8, 16) and "auto_exact_reason" not in low.params
+    assert low.audit["fraction_identical"] >= 0.99
 
 
 def test_auto_falls_back_to_exact_when_the_audit_fails(monkeypatch):
