@@ -103,6 +103,8 @@ def _run_compute(args: argparse.Namespace) -> int:
     if result.audit:
         print(f"ANN audit: {result.audit['fraction_identical']:.4%} of {result.audit['size']} samples identical to "
               f"exact (largest difference {result.audit['max_abs_difference']}).")
+    if "auto_exact_reason" in result.params:
+        print(f"auto chose exact: {result.params['auto_exact_reason']}.")
     return 0
 
 

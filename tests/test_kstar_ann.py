@@ -153,10 +153,13 @@ def test_auto_picks_exact_for_small_and_ann_for_large_problems():
     assert not projection_required(middle, 128, "ann")  # asked for by name, ANN runs on any features
 
 
-def test_auto_in_the_middle_sizes_runs_ann_only_for_features_of_low_intrinsic_dimension(monkeypatch):
+def test_auto_in_the_middle_sizes_runs_ann_only_for_features_of_low_intrinsic_dimension(monkeypatch, tmp_path,
+                                                                                         capsys):
     """Between AUTO_ANN_MIN_WORK and AUTO_EXACT_MAX_WORK, isotropic features go to exact before any ANN work (no graph,
-    no audit: the reason is recorded), and low-rank ones get ANN with its candidates searched in a projection."""
+    no audit: the reason is recorded, and `kstar compute` prints it), and low-rank ones get ANN with its candidates
+    searched in a projection."""
     import kstar_utils.kstar as kstar_module
+    from kstar_utils.cli import main
     from kstar_utils.synthetic import gaussian_classes
 
     for name, value in (("AUTO_ANN_MIN_WORK", 0.0), ("AUTO_EXACT_MAX_WORK", 1e15), ("PROJECTION_MIN_WORK", 0.0)):
@@ -167,6 +170,12 @@ def test_auto_in_the_middle_sizes_runs_ann_only_for_features_of_low_intrinsic_di
     assert auto.method == "exact" and auto.audit is None and auto.params["candidate_dims"] == 64
     assert "high intrinsic dimension" in auto.params["auto_exact_reason"] and "ann_fallback" not in auto.params
     np.testing.assert_array_equal(auto.kstar, compute_kstar(iso_x, iso_y, method="exact").kstar)
+    np.save(tmp_path / "x.npy", iso_x)
+    np.save(tmp_path / "y.npy", iso_y)
+    assert main(["compute", str(tmp_path / "x.npy"), str(tmp_path / "y.npy"), "--out", str(tmp_path / "out"),
+                 "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "(exact," in out and "auto chose exact: " in out and "high intrinsic dimension" in out
     monkeypatch.undo()
     for name, value in (("AUTO_ANN_MIN_WORK", 0.0), ("AUTO_EXACT_MAX_WORK", 1e15), ("PROJECTION_MIN_WORK", 0.0)):
         monkeypatch.setattr(kstar_module, name, value)
