@@ -7,13 +7,18 @@ uses them from here."""
 # one run each on 2026-11-30: 0.60x at N = 25,000, 0.64x at 50,000 (both below the projection's size), 1.09x at
 # 100,000, 1.51x at 150,000 and 1.82x at 200,000 (best of 2): the crossover is near N^2 * D = 1.2e12. On isotropic
 # classes (data (b)) ANN is slower at every size measured (0.75x to 0.86x at N = 200,000) and fails its audit.
-# So between AUTO_ANN_MIN_WORK and AUTO_EXACT_MAX_WORK "auto" runs ANN only when the candidate-space check finds a few
-# principal axes that rank each sample's nearest foreign sample near the top (low intrinsic dimension, as in (a) and
-# in learned features); otherwise it computes exact k* (the check costs about 1 s at N = 200,000, and nothing at all
-# when no few axes hold 90% of the variance). 2e12 (N = 125,000 at D = 128) stands above the crossover, where (a)
-# gains about 1.3x; below it exact wins or ties. Above AUTO_EXACT_MAX_WORK (N = 400,000 at D = 128) ANN runs on any
-# features, its audit gate falling back to exact where it fails.
+# So between AUTO_ANN_MIN_WORK and AUTO_EXACT_MAX_WORK "auto" runs ANN only on features of low intrinsic dimension:
+# narrow ones (AUTO_NARROW_DIMS), or those where the candidate-space check finds a few principal axes that rank each
+# sample's nearest foreign sample near the top (as in (a) and in learned features); otherwise it computes exact k*
+# (the check costs about 1 s at N = 200,000, and nothing at all when no few axes hold 90% of the variance). 2e12
+# (N = 125,000 at D = 128) stands above the crossover, where (a) gains about 1.3x; below it exact wins or ties.
+# Above AUTO_EXACT_MAX_WORK (N = 400,000 at D = 128) ANN runs on any features, its audit gate falling back to exact
+# where it fails.
 AUTO_ANN_MIN_WORK = 2.0e12
+# Features this narrow count as low-dimensional in the middle sizes without a projection (a projection keeps at most
+# half the axes, so 16 is the narrowest that one is tried on): 10 isotropic Gaussian classes in 16-d at N = 400,000 (N^2 * D = 2.6e12), one run on 2026-11-30: ANN 93.3 s
+# against exact's 173.3 s = 1.86x, 99.24% identical (audit 99.0%).
+AUTO_NARROW_DIMS = 16
 AUTO_EXACT_MAX_WORK = 2.0e13
 # The graph only has to find the nearest foreign samples of samples near another class (the sampled rows find the
 # others): 15 neighbours did that at N = 200,000 in half the time of 30 (benchmarks/bench_kstar.py, README).

@@ -32,8 +32,8 @@ Then
   audit rows keep their exact k* in the result (the audit itself compares the ANN values);
 The only possible error is a missed nearest foreign neighbour (r_p too large, so k* too large); the audit measures how
 often that happens. ``method="auto"`` picks exact while N^2 * D <= ``AUTO_ANN_MIN_WORK``; up to ``AUTO_EXACT_MAX_WORK``
-it runs ANN only when the candidate-space check finds a projection (features of low intrinsic dimension; otherwise
-exact, recorded as ``params["auto_exact_reason"]``), and above it ANN on any features (thresholds measured by
+it runs ANN only on features of low intrinsic dimension: at most ``AUTO_NARROW_DIMS`` wide, or with a projection
+found by the candidate-space check (otherwise exact, recorded as ``params["auto_exact_reason"]``), and above it ANN on any features (thresholds measured by
 ``benchmarks/bench_kstar.py``: see ``kstar_utils/defaults.py``). Under ``auto`` the audit is checked class by class,
 and the ANN work stops as soon as the audit is sure to fail.
 """
@@ -55,7 +55,8 @@ import pandas as pd
 import torch
 
 from . import metrics
-from .defaults import AUTO_ANN_MIN_WORK, AUTO_EXACT_MAX_WORK, DEFAULT_AUDIT_SIZE, DEFAULT_N_NEIGHBORS
+from .defaults import (AUTO_ANN_MIN_WORK, AUTO_EXACT_MAX_WORK, AUTO_NARROW_DIMS, DEFAULT_AUDIT_SIZE,
+                       DEFAULT_N_NEIGHBORS)
 from .errors import ANNAccuracyWarning, KStarInputError  # noqa: F401  (re-exported for callers)
 from .neighbours import (
     ann_neighbour_graph,
@@ -263,9 +264,10 @@ def choose_method(n: int, dim: int, method: str = "auto") -> str:
 
 def projection_required(n: int, dim: int, method: str) -> bool:
     """Whether an ANN run must find a projection for its candidates or hand over to exact: under ``auto`` between
-    AUTO_ANN_MIN_WORK and AUTO_EXACT_MAX_WORK, where ANN was measured faster on features of low intrinsic dimension
-    only (isotropic features need no less work than exact there)."""
-    return method == "auto" and AUTO_ANN_MIN_WORK < float(n) * n * dim <= AUTO_EXACT_MAX_WORK
+    AUTO_ANN_MIN_WORK and AUTO_EXACT_MAX_WORK, for features wider than AUTO_NARROW_DIMS; there ANN was measured
+    faster on features of low intrinsic dimension only (isotropic 128-d features need no less work than exact)."""
+    return (method == "auto" and dim > AUTO_NARROW_DIMS
+            and AUTO_ANN_MIN_WORK < float(n) * n * dim <= AUTO_EXACT_MAX_WORK)
 
 
 def _graph_candidates(data, n_neighbors: int, seed: int, n_jobs: int | None) -> tuple[np.ndarray, np.ndarray]:
@@ -692,4 +694,4 @@ def _installed_versions(packages: tuple[str, ...]) -> tuple[tuple[str, str | Non
 
 
 __all__ = ["KStarResult", "compute_kstar", "choose_method", "projection_required", "versions", "ANNAccuracyWarning",
-           "AUTO_ANN_MIN_WORK", "AUTO_EXACT_MAX_WORK"]
+           "AUTO_ANN_MIN_WORK", "AUTO_EXACT_MAX_WORK", "AUTO_NARROW_DIMS"]

@@ -151,13 +151,14 @@ def test_auto_picks_exact_for_small_and_ann_for_large_problems():
     assert choose_method(big, 128) == "ann" and not projection_required(big, 128, "auto")
     assert choose_method(big, 128, "exact") == "exact"
     assert not projection_required(middle, 128, "ann")  # asked for by name, ANN runs on any features
+    assert not projection_required(4 * middle, 16, "auto")  # narrow features: ANN in the middle sizes as they are
 
 
 def test_auto_in_the_middle_sizes_runs_ann_only_for_features_of_low_intrinsic_dimension(monkeypatch, tmp_path,
                                                                                          capsys):
     """Between AUTO_ANN_MIN_WORK and AUTO_EXACT_MAX_WORK, isotropic features go to exact before any ANN work (no graph,
-    no audit: the reason is recorded, and `kstar compute` prints it), and low-rank ones get ANN with its candidates
-    searched in a projection."""
+    no audit: the reason is recorded, and `kstar compute` prints it); narrow ones (16 axes) get ANN as they are, and
+    low-rank ones get ANN with its candidates searched in a projection."""
     import kstar_utils.kstar as kstar_module
     from kstar_utils.cli import main
     from kstar_utils.synthetic import gaussian_classes
@@ -179,6 +180,9 @@ def test_auto_in_the_middle_sizes_runs_ann_only_for_features_of_low_intrinsic_di
     monkeypatch.undo()
     for name, value in (("AUTO_ANN_MIN_WORK", 0.0), ("AUTO_EXACT_MAX_WORK", 1e15), ("PROJECTION_MIN_WORK", 0.0)):
         monkeypatch.setattr(kstar_module, name, value)
+    narrow = compute_kstar(iso_x[:, :16], iso_y, method="auto", n_jobs=1, audit_size=200)
+    assert narrow.params["candidate_dims"] == 16 and "auto_exact_reason" not in narrow.params  # ANN ran as it is
+    assert narrow.audit is not None and narrow.audit["size"] > 0
     x, y = _low_rank_classes()
     low = compute_kstar(x, y, method="auto", n_neighbors=10, n_jobs=1, audit_size=300)
     assert low.method == "ann" and low.params["candidate_dims"] in (8, 16) and "auto_exact_reason" not in low.params
