@@ -16,8 +16,9 @@ uses them from here."""
 # where it fails.
 AUTO_ANN_MIN_WORK = 2.0e12
 # Features this narrow count as low-dimensional in the middle sizes without a projection (a projection keeps at most
-# half the axes, so 16 is the narrowest that one is tried on): 10 isotropic Gaussian classes in 16-d at N = 400,000 (N^2 * D = 2.6e12), one run on 2026-11-30: ANN 93.3 s
-# against exact's 173.3 s = 1.86x, 99.24% identical (audit 99.0%).
+# half the axes, so 16 is the narrowest that one is tried on). 10 isotropic Gaussian classes in 16-d at N = 400,000
+# (N^2 * D = 2.6e12), one run on 2026-11-30: ANN 93.3 s against exact's 173.3 s = 1.86x, 99.24% identical (audit
+# 99.0%).
 AUTO_NARROW_DIMS = 16
 AUTO_EXACT_MAX_WORK = 2.0e13
 # The graph only has to find the nearest foreign samples of samples near another class (the sampled rows find the

@@ -31,10 +31,11 @@ Then
   exact one runs instead (recorded as ``params["ann_fallback"]``); under ``method="ann"`` it raises a warning. The
   audit rows keep their exact k* in the result (the audit itself compares the ANN values);
 The only possible error is a missed nearest foreign neighbour (r_p too large, so k* too large); the audit measures how
-often that happens. ``method="auto"`` picks exact while N^2 * D <= ``AUTO_ANN_MIN_WORK``; up to ``AUTO_EXACT_MAX_WORK``
-it runs ANN only on features of low intrinsic dimension: at most ``AUTO_NARROW_DIMS`` wide, or with a projection
-found by the candidate-space check (otherwise exact, recorded as ``params["auto_exact_reason"]``), and above it ANN on any features (thresholds measured by
-``benchmarks/bench_kstar.py``: see ``kstar_utils/defaults.py``). Under ``auto`` the audit is checked class by class,
+often that happens. ``method="auto"`` picks exact while N^2 * D <= ``AUTO_ANN_MIN_WORK``. Up to
+``AUTO_EXACT_MAX_WORK`` it runs ANN only on features of low intrinsic dimension: at most ``AUTO_NARROW_DIMS`` wide,
+or with a projection found by the candidate-space check (otherwise exact, recorded as
+``params["auto_exact_reason"]``). Above it, ANN runs on any features. The thresholds were measured with
+``benchmarks/bench_kstar.py`` (see ``kstar_utils/defaults.py``). Under ``auto`` the audit is checked class by class,
 and the ANN work stops as soon as the audit is sure to fail.
 """
 
@@ -253,13 +254,13 @@ class KStarResult:
 
 def choose_method(n: int, dim: int, method: str = "auto") -> str:
     """Resolve ``auto`` by the work N^2 * D: "exact" up to AUTO_ANN_MIN_WORK, "ann" above it. Up to
-    AUTO_EXACT_MAX_WORK that ANN is conditional (:func:`projection_required`): it runs only when the features have a
-    projection to search candidates in, and otherwise :func:`compute_kstar` computes exact k*."""
+    AUTO_EXACT_MAX_WORK that ANN is conditional for features wider than AUTO_NARROW_DIMS
+    (:func:`projection_required`): it runs only when they have a projection to search candidates in, and otherwise
+    :func:`compute_kstar` computes exact k*."""
     check_choice("method", method, METHODS)
     if method != "auto":
         return method
-    work = float(n) * n * dim
-    return "ann" if work > AUTO_ANN_MIN_WORK or work > AUTO_EXACT_MAX_WORK else "exact"
+    return "ann" if float(n) * n * dim > min(AUTO_ANN_MIN_WORK, AUTO_EXACT_MAX_WORK) else "exact"
 
 
 def projection_required(n: int, dim: int, method: str) -> bool:
