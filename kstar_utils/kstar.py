@@ -623,7 +623,7 @@ def compute_kstar(
         kstar_sorted, audit, extra = _ann_kstar(data, n_neighbors, seed, n_jobs, block_size, audit_size,
                                                 ANN_MIN_IDENTICAL if method == "auto" else None, progress,
                                                 require_projection=projection_required(n, dim, method))
-        if audit is None:  # auto declined ANN for these features: extra["auto_exact_reason"] says why
+        if "auto_exact_reason" in extra:  # auto declined ANN for these features before any ANN work
             resolved = "exact"
         elif kstar_sorted is None:
             where = (f" in the first {audit['stopped_after_classes']} of {audit['classes']} classes, where the ANN "

@@ -163,7 +163,8 @@ def test_auto_in_the_middle_sizes_runs_ann_only_for_features_of_low_intrinsic_di
     from kstar_utils.cli import main
     from kstar_utils.synthetic import gaussian_classes
 
-    for name, value in (("AUTO_ANN_MIN_WORK", 0.0), ("AUTO_EXACT_MAX_WORK", 1e15), ("PROJECTION_MIN_WORK", 0.0)):
+    middle_sizes = (("AUTO_ANN_MIN_WORK", 0.0), ("AUTO_EXACT_MAX_WORK", 1e15), ("PROJECTION_MIN_WORK", 0.0))
+    for name, value in middle_sizes:
         monkeypatch.setattr(kstar_module, name, value)
     monkeypatch.setattr(kstar_module, "ann_neighbour_graph", lambda *a, **k: pytest.fail("no graph for exact"))
     iso_x, iso_y = gaussian_classes(3000, 64, 5, separation=0.35, seed=1)
@@ -178,7 +179,7 @@ def test_auto_in_the_middle_sizes_runs_ann_only_for_features_of_low_intrinsic_di
     out = capsys.readouterr().out
     assert "(exact," in out and "auto chose exact: " in out and "high intrinsic dimension" in out
     monkeypatch.undo()
-    for name, value in (("AUTO_ANN_MIN_WORK", 0.0), ("AUTO_EXACT_MAX_WORK", 1e15), ("PROJECTION_MIN_WORK", 0.0)):
+    for name, value in middle_sizes:
         monkeypatch.setattr(kstar_module, name, value)
     narrow = compute_kstar(iso_x[:, :16], iso_y, method="auto", n_jobs=1, audit_size=200)
     assert narrow.params["candidate_dims"] == 16 and "auto_exact_reason" not in narrow.params  # ANN ran as it is
