@@ -39,12 +39,13 @@ NEGLIGIBLE = 0.1
 # Below this many units the verdict is "inconclusive": with 4 units no two-sided permutation test can reach p < 0.05
 # (the smallest possible p is 2/24), and percentile bootstrap intervals are too narrow on so few points.
 MIN_UNITS = 5
+CONFIDENCE = 0.95  # of every interval; the tests' level is 1 - CONFIDENCE
 # Resamples of the correlations' bootstrap intervals and permutations of their tests (the report states both).
 CORRELATION_BOOT = 2000
 PERMUTATIONS = 10000
 
 
-def verdict_rule(expected_sign: int = -1, negligible: float = NEGLIGIBLE, confidence: float = 0.95) -> str:
+def verdict_rule(expected_sign: int = -1, negligible: float = NEGLIGIBLE, confidence: float = CONFIDENCE) -> str:
     """The verdict rule in words, for the report to print beside the verdicts it decides."""
     side = "below" if expected_sign < 0 else "above"
     other = "above" if expected_sign < 0 else "below"
@@ -79,7 +80,7 @@ class Evidence:
     units: str                      # what one unit is, e.g. "models" or "model-seed pairs"
     pearson: float = math.nan       # Pearson's r (or the partial linear correlation)
     pearson_ci: tuple[float, float] = (math.nan, math.nan)
-    confidence: float = 0.95
+    confidence: float = CONFIDENCE
     n_boot: int = 0
     n_perm: int = 0
     exact_permutation: bool = False
@@ -108,7 +109,7 @@ class Evidence:
 
 
 # ------------------------------------------------------------------------------------------------------- accuracies
-def wilson_interval(successes: Any, n: Any, confidence: float = 0.95) -> tuple[Any, Any]:
+def wilson_interval(successes: Any, n: Any, confidence: float = CONFIDENCE) -> tuple[Any, Any]:
     """Wilson score interval of a binomial proportion (an accuracy of ``successes`` out of ``n``), vectorised.
 
     Preferred over the normal (Wald) interval because it stays inside [0, 1] and keeps its coverage near 0% and 100%
@@ -136,7 +137,7 @@ def wilson_interval(successes: Any, n: Any, confidence: float = 0.95) -> tuple[A
     return lo, hi
 
 
-def accuracy_interval(accuracy: Any, n: Any, confidence: float = 0.95) -> tuple[Any, Any]:
+def accuracy_interval(accuracy: Any, n: Any, confidence: float = CONFIDENCE) -> tuple[Any, Any]:
     """Wilson interval of accuracies given as fractions in [0, 1] over ``n`` evaluated samples each.
 
     The count of successes is ``round(accuracy * n)`` (accuracies in the results tables are stored as fractions).
@@ -147,7 +148,8 @@ def accuracy_interval(accuracy: Any, n: Any, confidence: float = 0.95) -> tuple[
     return wilson_interval(np.rint(a * np.asarray(n, dtype=np.float64)), n, confidence)
 
 
-def add_accuracy_intervals(frame: pd.DataFrame, accuracy: str, n: str | int, confidence: float = 0.95) -> pd.DataFrame:
+def add_accuracy_intervals(frame: pd.DataFrame, accuracy: str, n: str | int,
+                           confidence: float = CONFIDENCE) -> pd.DataFrame:
     """A copy of ``frame`` with ``{accuracy}_lo`` and ``{accuracy}_hi`` (Wilson) columns, which the figures draw as
     error bars; ``n`` is a column name or one sample size for every row."""
     out = frame.copy()
@@ -235,7 +237,7 @@ def _permutation_p(a: np.ndarray, b: np.ndarray, observed: float, n_perm: int,
 
 def correlation_evidence(x: Any, y: Any, units: str = "models", n_boot: int = CORRELATION_BOOT,
                          n_perm: int = PERMUTATIONS,
-                         seed: int = 0, groups: Any = None, confidence: float = 0.95,
+                         seed: int = 0, groups: Any = None, confidence: float = CONFIDENCE,
                          x_name: str = "x", y_name: str = "y", group_units: str = "groups") -> Evidence:
     """Spearman's rho and Pearson's r of paired values, each with a bootstrap interval, and a permutation p-value.
 
@@ -315,7 +317,7 @@ def _residualise(v: np.ndarray, z: np.ndarray) -> np.ndarray:
 
 def partial_correlation(x: Any, y: Any, controls: Any, method: str = "spearman", units: str = "models",
                         n_boot: int = CORRELATION_BOOT, n_perm: int = PERMUTATIONS, seed: int = 0,
-                        confidence: float = 0.95,
+                        confidence: float = CONFIDENCE,
                         x_name: str = "x", y_name: str = "y", groups: Any = None,
                         group_units: str = "groups") -> Evidence:
     """Correlation of x and y after removing what ``controls`` explain linearly (in ranks for ``spearman``).
@@ -443,6 +445,23 @@ def format_p(p: float) -> str:
     return f"{p:.3f}" if p >= 0.001 else "< 0.001"
 
 
+def holm_adjusted(p_values: Any) -> np.ndarray:
+    """Holm's step-down adjustment of a family of p-values (NaN entries are left out of the family and stay NaN).
+
+    Why: the report tests several correlations per claim, each at 0.05; an adjusted p below 0.05 keeps the family's
+    chance of any false "reproduced" below 0.05 as well, whatever the dependence between the tests."""
+    p = np.asarray(p_values, dtype=float)
+    out = np.full(p.shape, np.nan)
+    known = np.flatnonzero(np.isfinite(p))
+    order = known[np.argsort(p[known], kind="stable")]
+    m = len(order)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        out[i] = running
+    return out
+
+
 def _p_is(p: float) -> str:
     """ "p = 0.035", or "p < 0.001" below that."""
     text = format_p(p)
@@ -546,6 +565,7 @@ def latent_1nn_accuracy(kstar: Any) -> float:
 
 
 __all__ = [
+    "CONFIDENCE",
     "INCONCLUSIVE",
     "NEGLIGIBLE",
     "NOT_REPRODUCED",
@@ -556,6 +576,7 @@ __all__ = [
     "accuracy_interval",
     "add_accuracy_intervals",
     "claim_sentence",
+    "holm_adjusted",
     "correlation_evidence",
     "correlations_by",
     "evidence_numbers",

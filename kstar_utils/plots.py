@@ -795,7 +795,8 @@ def gamma_heatmap(table: pd.DataFrame, row: str = "model", col: str = "data", va
     ax.title.set_fontsize(SMALL)
     alt = (f"Heatmap of Gamma' for {len(rows)} {row}s (rows) by {len(cols)} {col} values (columns), each cell "
            f"annotated with its value; green is clustered, blue fractured"
-           + (f"; {flagged} cells marked with a dagger where accuracy is near chance" if chance is not None else "")
+           + (f"; {flagged} cell{'' if flagged == 1 else 's'} marked with a dagger where accuracy is near chance"
+              if chance is not None else "")
            + ".")
     return _finish(fig, alt)
 

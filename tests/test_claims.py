@@ -95,9 +95,10 @@ def test_generalisation_is_also_tested_controlling_for_latent_1nn_accuracy(profi
     table = generalisation_table(np.random.default_rng(2), within_set_relation=1.0)
     claim = generalisation_claim(profile, table)
     tests = [r["test"] for r in claim["rows"]]
-    assert tests[:2] == ["main", "partial | latent 1-NN accuracy"]
+    assert tests[:3] == ["main", "partial | latent 1-NN accuracy", "partial | clean accuracy"]
     assert "within digits/test" in tests and "clean test set only" not in tests  # the clean set is tested once
-    assert any(d.startswith("Within digits/test (the clean test set):") for d in claim["details"])
+    assert any(d.startswith("Within digits/test (the clean test set: accuracy in distribution, not generalisation):")
+               for d in claim["details"])
     assert claim["sentence"].startswith("Generalisation: ") and "mean Gamma' over the shifted sets" in claim["sentence"]
 
 
@@ -142,7 +143,71 @@ def test_identity_caveat_warns_when_the_relation_does_not_survive_the_control(pr
     rows = [{"claim": "generalisation", "threat_model": "", "test": "main", "verdict": evidence.REPRODUCED, **numbers},
             {"claim": "generalisation", "threat_model": "", "test": "partial | latent 1-NN accuracy",
              "verdict": partial_verdict, **numbers}]
-    text = caveats(profile, pd.DataFrame(), pd.DataFrame(), rows)[-1]
+    text = next(c for c in caveats(profile, pd.DataFrame(), pd.DataFrame(), rows) if c.startswith("The 1-NN identity"))
     assert f"Controlling for it: generalisation: {partial_verdict} (partial Spearman rho = -0.50, 95% CI " \
            "[-0.80, -0.20])." in text
     assert ("So the relation found for generalisation may be the 1-NN identity" in text) == warned
+
+
+def quality_only_table(rng: np.random.Generator) -> pd.DataFrame:
+    """Eighteen models whose quality q alone sets clean accuracy, shifted accuracy and Gamma' (lower for better
+    models): generalisation beyond clean accuracy is absent by construction."""
+    rows = []
+    for c in range(6):
+        for seed in range(3):
+            q = rng.uniform(0, 1)
+            for s, shift in enumerate(("clean", *SHIFTS)):
+                accuracy = 0.6 + 0.3 * q - 0.1 * s + rng.normal(0, 0.002)
+                gamma_prime = 0.5 - q + 0.2 * s + rng.normal(0, 0.002)
+                rows.append({**_space(f"cfg{c}-s{seed}", f"cfg{c}", seed, gamma_prime, rng.uniform(0.5, 0.9)),
+                             "data": "digits/test" if shift == "clean" else f"digits/test+{shift}",
+                             "shift": shift, "accuracy": accuracy})
+    return pd.DataFrame(rows)
+
+
+def test_generalisation_controls_for_clean_accuracy_and_says_so_beside_the_verdict(profile):
+    table = quality_only_table(np.random.default_rng(7))
+    claim = generalisation_claim(profile, table)
+    assert claim["verdict"] == evidence.REPRODUCED  # better models are better everywhere ...
+    clean = _row(claim["rows"], "partial | clean accuracy")
+    assert clean["verdict"] != evidence.REPRODUCED  # ... and nothing is left beyond clean accuracy
+    assert "not beyond" in claim["qualifier"] and "clean accuracy" in claim["qualifier"]
+    summary = claims_summary(profile, pd.DataFrame(), table)
+    confound = next(c for c in summary["caveats"] if c.startswith("Clean and shifted accuracy"))
+    assert "(Spearman rho = 1.00 over 18 models)" in confound
+    assert f"Controlling for clean accuracy: {clean['verdict']} (partial Spearman rho = " in confound
+
+
+def test_a_verdict_that_survives_its_controls_carries_no_qualifier(profile):
+    claim = robustness_claim(profile, robustness_table(np.random.default_rng(0)))
+    partials = [r for r in claim["rows"] if r["test"].startswith("partial")]
+    assert claim["verdict"] == evidence.REPRODUCED and len(partials) == 4
+    assert all(r["verdict"] == evidence.REPRODUCED for r in partials) and claim["qualifier"] == ""
+
+
+def test_openclip_style_tables_have_no_clean_accuracy_control(profile):
+    table = generalisation_table(np.random.default_rng(8), within_set_relation=1.0)
+    table = table.assign(shift="clean")  # as OpenCLIP data sets are listed: no shifted set
+    tests = [r["test"] for r in generalisation_claim(profile, table)["rows"]]
+    assert "partial | clean accuracy" not in tests and "partial | latent 1-NN accuracy" in tests
+
+
+def test_multiple_tests_caveat_counts_the_tests_and_names_what_holm_keeps(profile):
+    rng = np.random.default_rng(3)
+    summary = claims_summary(profile, robustness_table(rng), generalisation_table(rng, within_set_relation=1.0))
+    rows = summary["evidence_table"]
+    text = next(c for c in summary["caveats"] if c.startswith("Multiple tests"))
+    per_claim = {c: sum(r["claim"] == c for r in rows) for c in ("robustness", "generalisation")}
+    assert f"the report makes {len(rows)} tests ({per_claim['robustness']} for robustness, " \
+           f"{per_claim['generalisation']} for generalisation)" in text
+    for claim in per_claim:
+        family = [r for r in rows if r["claim"] == claim]
+        expected = evidence.holm_adjusted([r["p_value"] for r in family])
+        assert np.allclose([r["p_holm"] for r in family], expected, equal_nan=True)
+    kept = [r for r in rows if r["verdict"] != evidence.INCONCLUSIVE and r["p_holm"] < 0.05]
+    assert kept, "these synthetic relations are strong: some tests must survive the adjustment"
+    for r in kept:
+        assert f"({r['test']})" in text
+    none = [dict(r, p_holm=0.5) for r in rows]
+    from kstar_utils.pipeline.claims import multiple_tests_caveat
+    assert "none of the decided tests stays below 0.05: read them as exploratory" in multiple_tests_caveat(none)

@@ -298,3 +298,12 @@ def test_significant_means_under_an_interval_holding_zero_are_named():
     text = claim_sentence("Generalisation", ev)
     assert verdict(ev) == INCONCLUSIVE
     assert "the interval contains zero; the means of the 8 configurations alone do correlate (positively)" in text
+
+
+def test_holm_adjustment_matches_the_step_down_rule_and_leaves_nan_out():
+    p = [0.01, 0.04, 0.03, 0.005, float("nan")]
+    adjusted = evidence.holm_adjusted(p)
+    # four tests: 0.005 x 4 = 0.02, 0.01 x 3 = 0.03, 0.03 x 2 = 0.06, 0.04 x 1 -> 0.06 (never below an earlier step)
+    assert np.allclose(adjusted[:4], [0.03, 0.06, 0.06, 0.02]) and np.isnan(adjusted[4])
+    assert np.allclose(evidence.holm_adjusted([0.6, 0.9]), [1.0, 1.0])  # capped at 1
+    assert evidence.holm_adjusted([]).shape == (0,)

@@ -135,6 +135,14 @@ def test_index_states_verdicts_rule_caveats_and_links_every_model(report):
         assert "accuracy" in parsed.title, parsed.title  # each page names its model and accuracies
     table = (site / "05_summary_table.html").read_text()
     assert 'href="model--standard-s0.html"' in table
+    counts = summary["counts"]
+    assert f"{counts['failed']} of {counts['tasks']} tasks failed" in text and 'href="results/evidence.csv"' in text
+    for claim in summary["claims"]:  # a verdict that does not survive its controls says so in the headline
+        assert f"{claim['title']}: {claim['verdict']}{', ' + claim['qualifier'] if claim['qualifier'] else ''}." \
+            in text.replace("&#39;", "'")
+    for name in ("03_robustness", "04_generalisation"):  # the verdict pages carry the caveats too
+        page = (site / f"{name}.html").read_text()
+        assert "Caveats" in page and "Multiple tests" in page and "results/evidence.csv" in page
 
 
 def test_figure_two_features_and_kstar_come_from_the_same_model(report):
@@ -343,6 +351,35 @@ def test_tables_have_readable_headers_no_negative_zero_and_explain_the_dash():
     assert "-0.000" not in html and ">0.000<" in html and ">0.250<" in html
     assert f"{MISSING}: not measured for that row" in html
     assert "not measured" not in str(table_html(pd.DataFrame({"a": [1.0]})))
+
+
+def test_tables_align_words_left_and_numbers_right():
+    import pandas as pd
+
+    from kstar_utils.report.render import table_html
+
+    frame = pd.DataFrame({"model": ["standard-s0", "pgd-l2-0.1-s0"], "gamma": [0.1, -0.2],
+                          "p": ["< 0.001", "0.035"], "Gamma' [95% CI]": ["0.17 [0.04, 0.31]", "n/a"],
+                          "test": ["main", "partial | clean accuracy"]})
+    html = str(table_html(frame))
+    heads = re.findall(r"<th( class=\"text\")?>([^<]*)</th>", html)
+    assert [(name, bool(cls)) for cls, name in heads] == [
+        ("model", True), ("Gamma", False), ("p", False), ("Gamma&#39; [95% CI]", False), ("test", True)]
+    assert '<td class="text">partial | clean accuracy</td>' in html and "<td>0.17 [0.04, 0.31]</td>" in html
+
+
+def test_table_one_shows_each_coefficient_with_its_interval_in_one_cell(tmp_path):
+    import pandas as pd
+
+    from kstar_utils.report.notebook import table_one
+
+    (tmp_path / "summary.json").write_text(json.dumps({"models": []}))
+    pd.DataFrame({"model": ["a"], "label": ["A, seed 0"], "gamma": [0.349], "gamma_lo": [0.228], "gamma_hi": [0.479],
+                  "gamma_prime": [-0.0001], "gamma_prime_lo": [-0.2], "gamma_prime_hi": [0.1],
+                  "clean_accuracy": [0.9]}).to_csv(tmp_path / "summary_table.csv", index=False)
+    table = table_one(Results(tmp_path))
+    assert list(table.columns) == ["model", "Gamma [95% CI]", "Gamma' [95% CI]", "clean_accuracy"]
+    assert table.iloc[0, 1] == "0.35 [0.23, 0.48]" and table.iloc[0, 2] == "0.00 [-0.20, 0.10]"
 
 
 def test_notebook_figures_are_displayed_with_their_alt_text():

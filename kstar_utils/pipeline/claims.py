@@ -60,12 +60,21 @@ def _combine(verdicts: list[str]) -> str:
     return ev.INCONCLUSIVE
 
 
+def _qualifier(verdict: str, partials: list[tuple[str, dict]]) -> str:
+    """What a "reproduced" verdict does not survive, said in the headline beside it: the controls whose partial test
+    is not reproduced as well (e.g. "but not beyond latent 1-NN accuracy")."""
+    if verdict != ev.REPRODUCED:
+        return ""
+    lost = list(dict.fromkeys(control for control, entry in partials if entry["verdict"] != ev.REPRODUCED))
+    return f"but not beyond {' or '.join(lost)} (the partial tests below are not reproduced)" if lost else ""
+
+
 def robustness_claim(profile: Profile, robustness: pd.DataFrame) -> dict | None:
     if robustness.empty:
         return None
     units, group = _units(profile)
     seed = profile.compute.seed
-    parts, details, rows = [], [], []
+    parts, details, rows, partials = [], [], [], []
     for tm, part in robustness.groupby("threat_model", sort=True):
         eps = part["eval_eps"].dropna()
         x_name = f"{tm} robust accuracy" + (f" (eps = {eps.iloc[0]:g})" if len(eps) else "")
@@ -79,11 +88,13 @@ def robustness_claim(profile: Profile, robustness: pd.DataFrame) -> dict | None:
                              _evidence(sub, "robust_accuracy", "gamma_prime", units, group, x_name, seed,
                                        {control: sub[column].to_numpy()}))
             details.append(partial["sentence"])
+            partials.append((control, partial))
             rows.append({"claim": "robustness", "threat_model": tm, "test": f"partial | {control}", **_row(partial)})
     verdict = _combine([p["verdict"] for p in parts])
     sentence = " ".join(p["sentence"] for p in parts)
     return {"id": "robustness", "title": "More robust models fracture concepts less", "verdict": verdict,
-            "sentence": sentence, "details": details, "parts": parts, "rows": rows}
+            "qualifier": _qualifier(verdict, partials), "sentence": sentence, "details": details, "parts": parts,
+            "rows": rows}
 
 
 def generalisation_claim(profile: Profile, generalisation: pd.DataFrame) -> dict | None:
@@ -122,22 +133,43 @@ def generalisation_claim(profile: Profile, generalisation: pd.DataFrame) -> dict
         y_name = "mean Gamma' over the data sets"
     main = _entry("Generalisation", _evidence(means, "accuracy", "gamma_prime", units, group, x_name, seed,
                                               y_name=y_name))
-    # the 1-NN identity (SPEC) builds part of any accuracy-Gamma' relation into the metric: say what is left
-    partial = _entry("Generalisation, controlling for latent 1-NN accuracy",
-                     _evidence(means, "accuracy", "gamma_prime", units, group, x_name, seed,
-                               {"latent 1-NN accuracy": means["latent_1nn_accuracy"].to_numpy()}, y_name=y_name))
-    details.insert(0, partial["sentence"])
-    rows.insert(0, {"claim": "generalisation", "threat_model": "", "test": "partial | latent 1-NN accuracy",
-                    **_row(partial)})
+    # the 1-NN identity (SPEC) builds part of any accuracy-Gamma' relation into the metric: say what is left; in the
+    # built-in study, capacity and data raise clean and shifted accuracy together: say what is left beyond clean
+    controls = {"latent 1-NN accuracy": means["latent_1nn_accuracy"]}
+    clean_accuracy = _clean_accuracy(generalisation, means["model"]) if not shifted.empty else None
+    if clean_accuracy is not None:
+        controls["clean accuracy"] = clean_accuracy
+    partials = []
+    for control, values in controls.items():
+        partial = _entry(f"Generalisation, controlling for {control}",
+                         _evidence(means, "accuracy", "gamma_prime", units, group, x_name, seed,
+                                   {control: values.to_numpy()}, y_name=y_name))
+        partials.append((control, partial))
+    for control, partial in reversed(partials):
+        details.insert(0, partial["sentence"])
+        rows.insert(0, {"claim": "generalisation", "threat_model": "", "test": f"partial | {control}",
+                        **_row(partial)})
     rows.insert(0, {"claim": "generalisation", "threat_model": "", "test": "main", **_row(main)})
     for data, part in generalisation.groupby("data", sort=False):
         clean = "shift" in part and (part["shift"] == "clean").all()
-        e = _entry(f"Within {data}" + (" (the clean test set)" if clean else ""),
+        e = _entry(f"Within {data}" + (" (the clean test set: accuracy in distribution, not generalisation)"
+                                       if clean else ""),
                    _evidence(part, "accuracy", "gamma_prime", units, group, f"accuracy on {data}", seed))
         details.append(e["sentence"])
         rows.append({"claim": "generalisation", "threat_model": "", "test": f"within {data}", **_row(e)})
     return {"id": "generalisation", "title": "More general models fracture concepts less", "verdict": main["verdict"],
-            "sentence": main["sentence"], "details": details, "parts": [main], "rows": rows}
+            "qualifier": _qualifier(main["verdict"], partials), "sentence": main["sentence"], "details": details,
+            "parts": [main], "rows": rows}
+
+
+def _clean_accuracy(generalisation: pd.DataFrame, models: pd.Series) -> pd.Series | None:
+    """Each model's accuracy on the clean test set, in the order of ``models``; None where the table has no clean
+    set (OpenCLIP) or a model lacks it."""
+    if "shift" not in generalisation:
+        return None
+    clean = generalisation[generalisation["shift"] == "clean"].drop_duplicates("model").set_index("model")
+    values = models.map(clean["accuracy"])
+    return None if values.isna().any() or values.empty else values.reset_index(drop=True)
 
 
 def _row(entry: dict) -> dict:
@@ -175,13 +207,71 @@ def caveats(profile: Profile, robustness: pd.DataFrame, generalisation: pd.DataF
         every = pd.concat(frames)
         per_class = every["n_samples"] / every[["fractured", "overlapped", "clustered"]].sum(axis=1)
         out.append(f"Samples per class: k* is computed on about {round(float(per_class.median()))} evaluated samples "
-                   "per class; Gamma' from that many has a bootstrap interval of the width shown beside every value.")
+                   "per class; Gamma' from that many has a bootstrap interval of the width shown beside every value. "
+                   "That interval covers the choice of evaluated samples only, not the training's randomness: "
+                   + ("models that differ only in their seed can lie further apart than their intervals, which is "
+                      "why the claims' intervals resample whole configurations."
+                      if profile.zoo is not None and len(profile.zoo.seeds) > 1 else
+                      "a model trained again with another seed can lie outside it."))
         out.append(regime_caveat(robustness, generalisation))
+        out.append("Gamma' is the tested coefficient, as in the paper's Figures 3 and 4: it weighs every concept "
+                   "alike. Gamma (the skew of all samples pooled) is shown in the tables but not tested; it can rank "
+                   "models differently, since one large or extreme class moves it more.")
     out.append("The 1-NN identity: on data without distance ties the fraction of samples with k* >= 2 equals the "
                "leave-one-out 1-NN accuracy of the latent space (SPEC), so part of any relation between Gamma' and "
                "accuracy is built into the metric; each claim is therefore also tested as a partial correlation "
                "controlling for latent 1-NN accuracy, reported beside it." + _identity_results(evidence_rows or []))
+    confound = _clean_confound(generalisation, evidence_rows or [])
+    if confound:
+        out.append(confound)
+    if evidence_rows:
+        out.append(multiple_tests_caveat(evidence_rows))
     return out
+
+
+def _clean_confound(generalisation: pd.DataFrame, rows: list[dict]) -> str:
+    """Where models that are better on the shifted sets are also better on the clean set, the main generalisation
+    test cannot tell generalising from being a better model in distribution: say how closely the two go together and
+    what the test controlling for clean accuracy left."""
+    partial = next((r for r in rows if r["claim"] == "generalisation" and r["test"] == "partial | clean accuracy"),
+                   None)
+    if partial is None:
+        return ""
+    clean = generalisation[generalisation["shift"] == "clean"].drop_duplicates("model").set_index("model")["accuracy"]
+    shifted = generalisation[generalisation["shift"] != "clean"].groupby("model")["accuracy"].mean()
+    both = pd.concat([clean.rename("clean"), shifted.rename("shifted")], axis=1).dropna()
+    rho = both["clean"].rank().corr(both["shifted"].rank())
+    return (f"Clean and shifted accuracy: in this study the models that do better on the shifted sets also do better "
+            f"on the clean test set (Spearman rho = {ev.format_number(rho)} over {len(both)} models), so the main "
+            "generalisation test alone cannot tell generalising from being a better model in distribution. "
+            f"Controlling for clean accuracy: {partial['verdict']} (partial Spearman rho = "
+            f"{ev.format_number(partial['rho'])}, 95% CI [{ev.format_number(partial['ci_lo'])}, "
+            f"{ev.format_number(partial['ci_hi'])}]).")
+
+
+def add_holm(rows: list[dict]) -> None:
+    """Add each test's Holm-adjusted p (``p_holm``, in place), the family being the tests of its claim."""
+    for claim in dict.fromkeys(r["claim"] for r in rows):
+        family = [r for r in rows if r["claim"] == claim]
+        for r, adjusted in zip(family, ev.holm_adjusted([r["p_value"] for r in family])):
+            r["p_holm"] = float(adjusted)
+
+
+def multiple_tests_caveat(rows: list[dict]) -> str:
+    """How many tests the report makes, that each verdict uses its own p unadjusted, and which tests stay below the
+    verdict rule's level after Holm's adjustment within their claim (``rows`` carry ``p_holm``, see
+    :func:`add_holm`)."""
+    alpha = 1 - ev.CONFIDENCE
+    per_claim = {c: sum(r["claim"] == c for r in rows) for c in dict.fromkeys(r["claim"] for r in rows)}
+    kept = [f"{r['claim']}" + (f" under {r['threat_model']}" if r["threat_model"] else "") + f" ({r['test']})"
+            for r in rows if r["verdict"] in (ev.REPRODUCED, ev.NOT_REPRODUCED) and r.get("p_holm", 1.0) < alpha]
+    counts = ", ".join(f"{n} for {c}" for c, n in per_claim.items())
+    decided = sum(r["verdict"] in (ev.REPRODUCED, ev.NOT_REPRODUCED) for r in rows)
+    return (f"Multiple tests: the report makes {len(rows)} tests ({counts}), and each verdict uses its own "
+            f"permutation p, not adjusted for the others ({decided} of them decided). With Holm's adjustment within "
+            f"each claim (the column \"p (Holm)\" of the evidence tables), "
+            + (f"these stay below {alpha:g}: {'; '.join(kept)}." if kept else
+               f"none of the decided tests stays below {alpha:g}: read them as exploratory."))
 
 
 def _identity_results(rows: list[dict]) -> str:
@@ -275,6 +365,7 @@ def claims_summary(profile: Profile, robustness: pd.DataFrame, generalisation: p
     """Everything the report says about the claims, for summary.json."""
     claims = [c for c in (robustness_claim(profile, robustness), generalisation_claim(profile, generalisation)) if c]
     rows = [r for c in claims for r in c.pop("rows")]
+    add_holm(rows)
     seeds = {"compute": profile.compute.seed}
     if profile.zoo is not None:
         seeds["training"] = list(profile.zoo.seeds)

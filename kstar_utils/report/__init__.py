@@ -38,7 +38,8 @@ def render_notebook_page(name: str, title: str, stage: str, profile_ref: str) ->
                                 {"profile": profile_ref, "results_dir": str(stage_dir / "results")})
     summary = Results(stage_dir / "results").summary
     sources = [(f"executed/{name}.ipynb", "the executed notebook"), ("results/summary.json", "summary (JSON)")]
-    sources += [(f"results/{f}", f"{f} (CSV)") for f in ("robustness.csv", "generalisation.csv", "summary_table.csv")
+    sources += [(f"results/{f}", f"{f} (CSV)") for f in ("robustness.csv", "generalisation.csv", "summary_table.csv",
+                                                         "evidence.csv")
                 if (stage_dir / "results" / f).exists()]
     page = f"{name}.html"
     notebook_page(executed, stage_dir / page, title, summary, sources)

@@ -194,10 +194,13 @@ def show_claim(results: Results, claim_id: str) -> None:
         return
     c = claims[claim_id]
     details = "\n".join(f"- {escape(d)}" for d in c.get("details", []))
+    qualifier = f", {escape(c['qualifier'])}" if c.get("qualifier") else ""
+    caveats = "\n".join(f"- {escape(d)}" for d in results.summary.get("caveats", []))
     from IPython.display import Markdown, display
 
-    display(Markdown(f"**{escape(c['title'])}: {escape(c['verdict'])}.** {escape(c['sentence'])}\n\n{details}\n\n"
-                     f"*{escape(results.summary.get('verdict_rule', ''))}*"))
+    display(Markdown(f"**{escape(c['title'])}: {escape(c['verdict'])}{qualifier}.** {escape(c['sentence'])}\n\n"
+                     f"{details}\n\n*{escape(results.summary.get('verdict_rule', ''))}*"
+                     + (f"\n\n**Caveats** (the same as on the index page):\n\n{caveats}" if caveats else "")))
 
 
 def evidence_table(results: Results, claim_id: str) -> pd.DataFrame:
@@ -209,11 +212,31 @@ def evidence_table(results: Results, claim_id: str) -> pd.DataFrame:
 
     table = pd.read_csv(path, keep_default_na=False, na_values=[""])
     table = table[table["claim"] == claim_id].drop(columns="claim").reset_index(drop=True)
-    if "p_value" in table:  # as the sentences print it ("< 0.001", not a rounded 0.000), beside what it tested
-        table.insert(table.columns.get_loc("p_value"), "p", table.pop("p_value").map(format_p))
+    for raw, shown in (("p_value", "p"), ("p_holm", "p (Holm)")):  # as the sentences print p ("< 0.001")
+        if raw in table:
+            table.insert(table.columns.get_loc(raw), shown, table.pop(raw).map(format_p))
     if "threat_model" in table and not table["threat_model"].astype(str).str.strip().any():
         table = table.drop(columns="threat_model")
     return table
+
+
+def table_one(results: Results) -> pd.DataFrame:
+    """Table 1 as the report shows it: one row per model by id (the labels are on the model pages), and Gamma and
+    Gamma' each in one cell with its 95% interval, so that the accuracy columns fit beside them
+    (``results/summary_table.csv`` keeps every column apart)."""
+    from ..evidence import format_number
+
+    table = results.table("table")
+    if table.empty:
+        return table
+    table = table.drop(columns=[c for c in ("label",) if c in table])
+    for column in ("gamma", "gamma_prime"):
+        bounds = [f"{column}_lo", f"{column}_hi"]
+        if column in table and all(b in table for b in bounds):
+            cells = [format_number(v) + (f" [{format_number(lo)}, {format_number(hi)}]" if pd.notna(lo) else "")
+                     for v, lo, hi in zip(table[column], table[bounds[0]], table[bounds[1]])]
+            table = table.drop(columns=bounds).assign(**{column: cells})
+    return table.rename(columns={"gamma": "Gamma [95% CI]", "gamma_prime": "Gamma' [95% CI]"})
 
 
 def robust_accuracy_label(results: Results, threat_model: str) -> str:

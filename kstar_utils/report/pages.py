@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..evidence import format_number
-from .notebook import Results, model_links
+from .notebook import Results, model_links, table_one
 from .render import MISSING, alt_text, format_value, png, table_html, write_page
 
 
@@ -153,15 +153,14 @@ def render_index(results_dir: str | os.PathLike, out_dir: str | os.PathLike, pag
     matplotlib.use("Agg", force=True)
     results = Results(results_dir)
     s = results.summary
-    table = results.table("table")
-    cols = [c for c in table.columns if c != "label"] if not table.empty else []
     sources = [("results/summary.json", "summary and claims (JSON)"), ("results/summary_table.csv", "Table 1 (CSV)"),
                ("results/robustness.csv", "robustness table (CSV)"),
                ("results/generalisation.csv", "generalisation table (CSV)"),
+               ("results/evidence.csv", "every correlation behind the verdicts (CSV)"),
                ("results/failed.csv", "failed tasks (CSV)")]
     return write_page(Path(out_dir) / "index.html", "index.html.j2", s["title"], s, sources=sources,
                       back_to_index=False, threshold=s.get("threshold", 0.5), description=s.get("description", ""),
                       claims=s.get("claims", []), verdict_rule=s.get("verdict_rule", ""), caveats=s.get("caveats", []),
-                      failed=s.get("failed", []), figures=index_figures(results),
-                      table=table_html(table[cols] if cols else pd.DataFrame(), model_links(results)),
+                      failed=s.get("failed", []), counts=s.get("counts"), figures=index_figures(results),
+                      table=table_html(table_one(results), model_links(results)),
                       pages=pages, model_pages=model_pages)

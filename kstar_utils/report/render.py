@@ -12,6 +12,7 @@ import base64
 import datetime as _dt
 import math
 import os
+import re
 import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
@@ -76,6 +77,9 @@ def readable_header(column: str) -> str:
     return HEADER_WORDS.get(name, name.replace("_", " "))
 
 
+NUMBER_CELL = re.compile(r"^[<>]?\s?[-+]?(\d|\.\d|inf\b|nan\b)")
+
+
 def table_html(frame: pd.DataFrame, links: dict[str, dict[str, str]] | None = None, digits: int = 3) -> Markup:
     """A DataFrame as an escaped HTML table in a horizontally scrolling wrapper. ``links``: column -> {value: href}."""
     links = links or {}
@@ -87,7 +91,11 @@ def table_html(frame: pd.DataFrame, links: dict[str, dict[str, str]] | None = No
             row.append({"text": text, "href": links.get(column, {}).get(value)})
         rows.append(row)
     missing = any(cell["text"] == MISSING for row in rows for cell in row)
-    return _trusted(environment().get_template("table.html.j2").render(columns=[readable_header(c) for c in frame.columns], rows=rows,
+    # words read from the left; numbers (also "< 0.001" or "0.35 [0.23, 0.48]") line up on the right
+    text = [any(not NUMBER_CELL.match(row[i]["text"]) for row in rows if row[i]["text"] not in (MISSING, "n/a", ""))
+            for i in range(len(frame.columns))]
+    columns = [{"name": readable_header(c), "text": t} for c, t in zip(frame.columns, text)]
+    return _trusted(environment().get_template("table.html.j2").render(columns=columns, rows=rows, text=text,
                                                                        missing=MISSING if missing else None))
 
 
