@@ -376,10 +376,13 @@ def test_table_one_shows_each_coefficient_with_its_interval_in_one_cell(tmp_path
     (tmp_path / "summary.json").write_text(json.dumps({"models": []}))
     pd.DataFrame({"model": ["a"], "label": ["A, seed 0"], "gamma": [0.349], "gamma_lo": [0.228], "gamma_hi": [0.479],
                   "gamma_prime": [-0.0001], "gamma_prime_lo": [-0.2], "gamma_prime_hi": [0.1],
+                  "fractured": [2], "overlapped": [8], "clustered": [0],
                   "clean_accuracy": [0.9]}).to_csv(tmp_path / "summary_table.csv", index=False)
     table = table_one(Results(tmp_path))
-    assert list(table.columns) == ["model", "Gamma [95% CI]", "Gamma' [95% CI]", "clean_accuracy"]
+    assert list(table.columns) == ["model", "Gamma [95% CI]", "Gamma' [95% CI]",
+                                   "concepts fractured / overlapped / clustered", "clean_accuracy"]
     assert table.iloc[0, 1] == "0.35 [0.23, 0.48]" and table.iloc[0, 2] == "0.00 [-0.20, 0.10]"
+    assert table.iloc[0, 3] == "2 / 8 / 0"
 
 
 def test_notebook_figures_are_displayed_with_their_alt_text():

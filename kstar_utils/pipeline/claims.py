@@ -258,20 +258,25 @@ def add_holm(rows: list[dict]) -> None:
 
 
 def multiple_tests_caveat(rows: list[dict]) -> str:
-    """How many tests the report makes, that each verdict uses its own p unadjusted, and which tests stay below the
-    verdict rule's level after Holm's adjustment within their claim (``rows`` carry ``p_holm``, see
-    :func:`add_holm`)."""
+    """How many tests the report makes, that each verdict uses its own p unadjusted, and, per claim, which decided
+    tests stay below the verdict rule's level after Holm's adjustment within the claim (``rows`` carry ``p_holm``,
+    see :func:`add_holm`)."""
     alpha = 1 - ev.CONFIDENCE
-    per_claim = {c: sum(r["claim"] == c for r in rows) for c in dict.fromkeys(r["claim"] for r in rows)}
-    kept = [f"{r['claim']}" + (f" under {r['threat_model']}" if r["threat_model"] else "") + f" ({r['test']})"
-            for r in rows if r["verdict"] in (ev.REPRODUCED, ev.NOT_REPRODUCED) and r.get("p_holm", 1.0) < alpha]
-    counts = ", ".join(f"{n} for {c}" for c, n in per_claim.items())
-    decided = sum(r["verdict"] in (ev.REPRODUCED, ev.NOT_REPRODUCED) for r in rows)
+    claims = list(dict.fromkeys(r["claim"] for r in rows))
+    decided = [r for r in rows if r["verdict"] in (ev.REPRODUCED, ev.NOT_REPRODUCED)]
+    counts = ", ".join(f"{sum(r['claim'] == c for r in rows)} for {c}" for c in claims)
+    per_claim = []
+    for claim in claims:
+        mine = [r for r in decided if r["claim"] == claim]
+        kept = [r["test"] + (f" under {r['threat_model']}" if r["threat_model"] else "") for r in mine
+                if r.get("p_holm", 1.0) < alpha]
+        per_claim.append(f"{claim}: " + (", ".join(kept) if kept else
+                                         f"none of its {len(mine)} decided tests" if mine else "no decided test"))
     return (f"Multiple tests: the report makes {len(rows)} tests ({counts}), and each verdict uses its own "
-            f"permutation p, not adjusted for the others ({decided} of them decided). With Holm's adjustment within "
-            f"each claim (the column \"p (Holm)\" of the evidence tables), "
-            + (f"these stay below {alpha:g}: {'; '.join(kept)}." if kept else
-               f"none of the decided tests stays below {alpha:g}: read them as exploratory."))
+            f"permutation p, not adjusted for the others ({len(decided)} of them decided). With Holm's adjustment "
+            f"within each claim (the column \"p (Holm)\" of the evidence tables), the decided tests whose p stays "
+            f"below {alpha:g} are, for {'; for '.join(per_claim)}. A decided test that does not stay below it is "
+            "better read as exploratory.")
 
 
 def _identity_results(rows: list[dict]) -> str:

@@ -221,9 +221,9 @@ def evidence_table(results: Results, claim_id: str) -> pd.DataFrame:
 
 
 def table_one(results: Results) -> pd.DataFrame:
-    """Table 1 as the report shows it: one row per model by id (the labels are on the model pages), and Gamma and
-    Gamma' each in one cell with its 95% interval, so that the accuracy columns fit beside them
-    (``results/summary_table.csv`` keeps every column apart)."""
+    """Table 1 as the report shows it: one row per model by id (the labels are on the model pages), Gamma and Gamma'
+    each in one cell with its 95% interval, and the three concept counts in one cell, so that the accuracy columns fit
+    beside them on the page (``results/summary_table.csv`` keeps every column apart)."""
     from ..evidence import format_number
 
     table = results.table("table")
@@ -236,6 +236,12 @@ def table_one(results: Results) -> pd.DataFrame:
             cells = [format_number(v) + (f" [{format_number(lo)}, {format_number(hi)}]" if pd.notna(lo) else "")
                      for v, lo, hi in zip(table[column], table[bounds[0]], table[bounds[1]])]
             table = table.drop(columns=bounds).assign(**{column: cells})
+    patterns = ["fractured", "overlapped", "clustered"]
+    if all(p in table for p in patterns):
+        at = table.columns.get_loc(patterns[0])
+        counts = [" / ".join(str(int(v)) for v in row) for row in table[patterns].itertuples(index=False)]
+        table = table.drop(columns=patterns)
+        table.insert(at, "concepts fractured / overlapped / clustered", counts)
     return table.rename(columns={"gamma": "Gamma [95% CI]", "gamma_prime": "Gamma' [95% CI]"})
 
 
