@@ -385,6 +385,31 @@ def test_table_one_shows_each_coefficient_with_its_interval_in_one_cell(tmp_path
     assert table.iloc[0, 3] == "2 / 8 / 0"
 
 
+def test_leaderboards_and_evidence_tables_keep_intervals_and_adjusted_p_beside_their_values(tmp_path):
+    import pandas as pd
+
+    from kstar_utils.report.notebook import evidence_table, threat_model_tables
+
+    (tmp_path / "summary.json").write_text(json.dumps({"models": []}))
+    rows = [{"model": m, "label": m.upper(), "threat_model": "L2", "eval_eps": 0.5, "clean_accuracy": 0.9,
+             "robust_accuracy": r, "robust_accuracy_lo": r - 0.1, "robust_accuracy_hi": r + 0.1,
+             "gamma_prime": g, "gamma_prime_lo": g - 0.2, "gamma_prime_hi": g + 0.2, "latent_1nn_accuracy": 0.9,
+             "fractured": 1, "overlapped": 2, "clustered": 3} for m, r, g in (("a", 0.2, 0.1), ("b", 0.5, -0.3))]
+    pd.DataFrame(rows).to_csv(tmp_path / "robustness.csv", index=False)
+    [(tm, eps, board)] = threat_model_tables(Results(tmp_path))
+    assert (tm, eps) == ("L2", 0.5) and list(board["model"]) == ["B", "A"]  # ranked by robust accuracy
+    assert list(board.columns) == ["rank", "model", "clean_accuracy", "robust accuracy (L2) [95% CI]",
+                                   "Gamma' [95% CI]", "latent_1nn_accuracy",
+                                   "concepts fractured / overlapped / clustered"]
+    assert board.iloc[0, 3] == "0.50 [0.40, 0.60]" and board.iloc[0, 4] == "-0.30 [-0.50, -0.10]"
+    pd.DataFrame([{"claim": "robustness", "threat_model": "L2", "test": "Spearman", "verdict": "inconclusive",
+                   "rho": -0.3, "p_value": 0.0004, "n": 24, "p_holm": 0.0012}]).to_csv(tmp_path / "evidence.csv",
+                                                                                     index=False)
+    table = evidence_table(Results(tmp_path), "robustness")
+    assert list(table.columns) == ["threat_model", "test", "verdict", "rho", "p", "p (Holm)", "n"]
+    assert table.iloc[0]["p"] == "< 0.001" and table.iloc[0]["p (Holm)"] == "0.001"
+
+
 def test_notebook_figures_are_displayed_with_their_alt_text():
     from kstar_utils import plots
     from kstar_utils.report.notebook import figure_png_with_alt

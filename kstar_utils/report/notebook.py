@@ -212,37 +212,49 @@ def evidence_table(results: Results, claim_id: str) -> pd.DataFrame:
 
     table = pd.read_csv(path, keep_default_na=False, na_values=[""])
     table = table[table["claim"] == claim_id].drop(columns="claim").reset_index(drop=True)
-    for raw, shown in (("p_value", "p"), ("p_holm", "p (Holm)")):  # as the sentences print p ("< 0.001")
-        if raw in table:
-            table.insert(table.columns.get_loc(raw), shown, table.pop(raw).map(format_p))
+    if "p_value" in table:  # as the sentences print it ("< 0.001", not a rounded 0.000), beside what it tested
+        table.insert(table.columns.get_loc("p_value"), "p", table.pop("p_value").map(format_p))
+        if "p_holm" in table:  # and its Holm adjustment right after it
+            table.insert(table.columns.get_loc("p") + 1, "p (Holm)", table.pop("p_holm").map(format_p))
     if "threat_model" in table and not table["threat_model"].astype(str).str.strip().any():
         table = table.drop(columns="threat_model")
     return table
 
 
-def table_one(results: Results) -> pd.DataFrame:
-    """Table 1 as the report shows it: one row per model by id (the labels are on the model pages), Gamma and Gamma'
-    each in one cell with its 95% interval, and the three concept counts in one cell, so that the accuracy columns fit
-    beside them on the page (``results/summary_table.csv`` keeps every column apart)."""
+PATTERN_COUNTS = ("fractured", "overlapped", "clustered")
+
+
+def compact_columns(table: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
+    """A table for the page: each value with a ``<column>_lo`` / ``<column>_hi`` interval in one cell ("0.35 [0.23,
+    0.48]", the header saying "[95% CI]"), and the three concept counts in one cell ("2 / 8 / 0"), so that a wide
+    table fits the page (the CSVs keep every column apart)."""
     from ..evidence import format_number
 
+    from .render import readable_header
+
+    table = table.copy()
+    for column in [c for c in table.columns if f"{c}_lo" in table and f"{c}_hi" in table]:
+        lo, hi = f"{column}_lo", f"{column}_hi"
+        cells = [format_number(v, digits) + (f" [{format_number(a, digits)}, {format_number(b, digits)}]"
+                                            if pd.notna(a) and pd.notna(b) else "")
+                 if pd.notna(v) else v for v, a, b in zip(table[column], table[lo], table[hi])]
+        table = table.drop(columns=[lo, hi]).assign(**{column: cells})
+        table = table.rename(columns={column: f"{readable_header(column)} [95% CI]"})
+    if all(p in table for p in PATTERN_COUNTS):
+        at = table.columns.get_loc(PATTERN_COUNTS[0])
+        counts = [" / ".join(str(int(v)) for v in row) for row in table[list(PATTERN_COUNTS)].itertuples(index=False)]
+        table = table.drop(columns=list(PATTERN_COUNTS))
+        table.insert(at, "concepts fractured / overlapped / clustered", counts)
+    return table
+
+
+def table_one(results: Results) -> pd.DataFrame:
+    """Table 1 as the report shows it: one row per model by id (the labels are on the model pages), compacted by
+    :func:`compact_columns` so that the accuracy columns fit beside Gamma and Gamma'."""
     table = results.table("table")
     if table.empty:
         return table
-    table = table.drop(columns=[c for c in ("label",) if c in table])
-    for column in ("gamma", "gamma_prime"):
-        bounds = [f"{column}_lo", f"{column}_hi"]
-        if column in table and all(b in table for b in bounds):
-            cells = [format_number(v) + (f" [{format_number(lo)}, {format_number(hi)}]" if pd.notna(lo) else "")
-                     for v, lo, hi in zip(table[column], table[bounds[0]], table[bounds[1]])]
-            table = table.drop(columns=bounds).assign(**{column: cells})
-    patterns = ["fractured", "overlapped", "clustered"]
-    if all(p in table for p in patterns):
-        at = table.columns.get_loc(patterns[0])
-        counts = [" / ".join(str(int(v)) for v in row) for row in table[patterns].itertuples(index=False)]
-        table = table.drop(columns=patterns)
-        table.insert(at, "concepts fractured / overlapped / clustered", counts)
-    return table.rename(columns={"gamma": "Gamma [95% CI]", "gamma_prime": "Gamma' [95% CI]"})
+    return compact_columns(table.drop(columns=[c for c in ("label",) if c in table]))
 
 
 def robust_accuracy_label(results: Results, threat_model: str) -> str:
@@ -263,13 +275,11 @@ def threat_model_tables(results: Results) -> list[tuple[str, float, pd.DataFrame
         return out
     for tm, part in rob.groupby("threat_model", sort=True):
         eps = float(part["eval_eps"].iloc[0]) if part["eval_eps"].notna().any() else float("nan")
-        cols = {"label": "model", "clean_accuracy": "clean accuracy", "robust_accuracy": f"robust accuracy ({tm})",
-                "robust_accuracy_lo": "robust 95% lo", "robust_accuracy_hi": "robust 95% hi",
-                "gamma_prime": "Gamma'", "gamma_prime_lo": "Gamma' 95% lo", "gamma_prime_hi": "Gamma' 95% hi",
-                "latent_1nn_accuracy": "latent 1-NN accuracy", "fractured": "fractured", "overlapped": "overlapped",
-                "clustered": "clustered"}
+        cols = ["label", "clean_accuracy", "robust_accuracy", "robust_accuracy_lo", "robust_accuracy_hi",
+                "gamma_prime", "gamma_prime_lo", "gamma_prime_hi", "latent_1nn_accuracy", *PATTERN_COUNTS]
         frame = part.sort_values("robust_accuracy", ascending=False)[[c for c in cols if c in part]]
-        frame = frame.rename(columns=cols).reset_index(drop=True)
+        frame = compact_columns(frame.reset_index(drop=True))
+        frame = frame.rename(columns={"label": "model", "robust accuracy [95% CI]": f"robust accuracy ({tm}) [95% CI]"})
         frame.insert(0, "rank", range(1, len(frame) + 1))
         out.append((tm, eps, frame))
     return out
