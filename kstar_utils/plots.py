@@ -581,7 +581,7 @@ def gamma_regions(frame: pd.DataFrame, x: str, y: str = "gamma_prime", hue: str 
                   xlabel: str | None = None, title: str | None = None, ax: plt.Axes | None = None,
                   yerr: Any = "auto", xerr: Any = "auto", n: str | int | None = None, config: str | None = None,
                   units: str | None = None, stats: bool = True, max_labels: int = 16, n_boot: int = 2000,
-                  seed: int = 0) -> Figure:
+                  seed: int = 0, crowded_groups: int = 3) -> Figure:
     """Gamma' of each model against an accuracy (Figures 3 and 4), on the blue/red/green regions.
 
     * Error bars: y from ``{y}_lo``/``{y}_hi`` (bootstrap interval of Gamma'), x from ``{x}_lo``/``{x}_hi`` or, with
@@ -592,7 +592,9 @@ def gamma_regions(frame: pd.DataFrame, x: str, y: str = "gamma_prime", hue: str 
       the correlation resamples whole configurations (cluster bootstrap).
     * ``hue``: one colour and marker per group (e.g. threat model); the correlation is computed *per group*, never
       pooled across groups whose x axes differ (Linf and L2 robust accuracies are different quantities).
-    * The title carries Spearman's rho with its bootstrap 95% interval, the permutation p, n and the units.
+    * The title carries Spearman's rho with its bootstrap 95% interval, the permutation p, n and the units; with
+      ``crowded_groups`` groups or more these lines move to the caption (:func:`caption`), which would otherwise
+      squeeze the plot, and at most half of ``max_labels`` points are named.
     * ``label``: names in a column beside the plot with leader lines (at most ``max_labels``, the most extreme).
     """
     if x not in frame or y not in frame:
@@ -617,6 +619,9 @@ def gamma_regions(frame: pd.DataFrame, x: str, y: str = "gamma_prime", hue: str 
     hi_all = float(np.nanmax([b.max() for b in bounds])) if finite_y.notna().any() else 1.0
     _regions(ax, threshold, lo_all, hi_all)
     groups = list(data.groupby(hue, sort=False)) if hue else [(None, data)]
+    crowded = len(groups) >= crowded_groups
+    if crowded:
+        max_labels = max_labels // 2
     stat_lines = []
     points_for_labels = []
     any_seeds_shown = False
@@ -673,6 +678,8 @@ def gamma_regions(frame: pd.DataFrame, x: str, y: str = "gamma_prime", hue: str 
         if len(chosen) < len(pts):
             stat_lines.append(f"{len(chosen)} of {len(pts)} points labelled (the most extreme)")
     wrapped = [textwrap.fill(line, 100, subsequent_indent="    ") for line in stat_lines]
+    if crowded and stat_lines:
+        wrapped = [f"{len(groups)} {hue} groups: the statistics of each are in the caption"]
     ax.set_title("\n".join(([title] if title else []) + wrapped), fontsize=SMALL, loc="left")
     handles, names = _region_handles()
     point_handles, point_names = ax.get_legend_handles_labels()
@@ -695,7 +702,8 @@ def gamma_regions(frame: pd.DataFrame, x: str, y: str = "gamma_prime", hue: str 
            + (f"; {'; '.join(bars)}" if bars else "") + (f". {'. '.join(stat_lines)}" if stat_lines else "") + ".")
     bands = (f"Bands: mostly fractured (Gamma' > {threshold:g}, blue), overlapped (red), clustered "
              f"(Gamma' < -{threshold:g}, green).")
-    return _finish(fig, alt, " ".join([bands] + [b[0].upper() + b[1:] + "." for b in bars]))
+    statistics = [f"{line}." for line in stat_lines] if crowded else []
+    return _finish(fig, alt, " ".join([bands] + [b[0].upper() + b[1:] + "." for b in bars] + statistics))
 
 
 def _aggregate_cells(table: pd.DataFrame, keys: list[str], value: str, extra: list[str]) -> pd.DataFrame:

@@ -213,6 +213,22 @@ def test_gamma_regions_shows_the_spread_over_seeds_and_labels_only_a_few_when_cr
     assert xs[0] == pytest.approx(first["accuracy"].mean()) and ys[0] == pytest.approx(first["gamma_prime"].mean())
 
 
+def test_gamma_regions_with_many_groups_moves_the_statistics_to_the_caption():
+    rng = np.random.default_rng(5)
+    table = pd.DataFrame({"accuracy": rng.uniform(0.2, 0.9, 50), "gamma_prime": rng.normal(0, 1, 50),
+                          "set": np.repeat(["clean", "noise", "blur", "rotation", "contrast"], 10),
+                          "model": [f"m{i % 10}" for i in range(50)]})
+    fig = plots.gamma_regions(table, "accuracy", hue="set", n_boot=200, max_labels=16, title="per set")
+    _readable(fig)
+    title = fig.axes[0].get_title(loc="left")
+    assert "Spearman" not in title and "5 set groups: the statistics of each are in the caption" in title
+    caption = plots.caption(fig)
+    for name in ("clean", "noise", "blur", "rotation", "contrast"):
+        assert f"{name}: Spearman rho = " in caption
+    assert caption.startswith("Bands: mostly fractured") and "8 of 50 points labelled" in caption
+    assert len(fig.axes[0].texts) == 8
+
+
 def test_gamma_regions_names_the_group_when_one_label_appears_in_two_groups():
     table = _robustness_table(1)
     table.loc[table.index[:2], "model"] = "standard"  # as the pipeline lists a standard model under each threat model

@@ -419,6 +419,24 @@ def test_notebook_figures_are_displayed_with_their_alt_text():
     assert data.startswith(b"\x89PNG") and metadata == {"alt": plots.alt_text(fig), "width": plots.DISPLAY_WIDTH_PX}
 
 
+def test_a_figure_is_shown_before_its_caption_and_closed(monkeypatch):
+    import IPython.display
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from kstar_utils import plots
+    from kstar_utils.report import notebook
+
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", lambda *objects: shown.extend(objects))
+    table = pd.DataFrame({"accuracy": [0.2, 0.5, 0.7, 0.9], "gamma_prime": [0.4, 0.1, -0.2, -0.6],
+                          "model": list("abcd")})
+    fig = plots.gamma_regions(table, "accuracy", n_boot=100)
+    notebook.show_figure_caption(fig)
+    assert shown[0] is fig and "Bands: mostly fractured" in shown[1].data
+    assert not plt.fignum_exists(fig.number)  # the inline backend will not show it a second time
+
+
 def test_each_threat_models_panel_names_its_own_budget(tmp_path):
     import json
 

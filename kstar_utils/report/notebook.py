@@ -178,10 +178,18 @@ def framework_example(seed: int = 0):
 
 
 def show_figure_caption(fig) -> None:
-    """Display the caption the plotting function wrote for ``fig`` (package text, no user strings)."""
+    """Display ``fig`` and under it the caption its plotting function wrote (package text, no user strings).
+
+    The figure is shown here and closed, not left to the inline backend's display at the end of the cell, so that in
+    a loop each caption sits under its own figure."""
+    import matplotlib.pyplot as plt
+    from IPython.display import display
+
     from .. import plots
 
     text = plots.caption(fig)
+    display(fig)
+    plt.close(fig)
     if text:
         show_markdown("*{caption}*", caption=text)
 
