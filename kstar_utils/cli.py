@@ -17,7 +17,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import KStarError, KStarInputError
-from .plumbing import check_output_folder
+from .plumbing import check_output_folder, check_own_outputs, record_own_outputs
 
 EXIT_USER_ERROR = 2
 
@@ -38,11 +38,13 @@ def _add_compute(sub: argparse._SubParsersAction) -> None:
     p.add_argument("features", help="(N, D) features: .npy, .npz, .csv/.txt, .parquet, or a `kstar extract` folder")
     p.add_argument("labels", nargs="?", help="N labels (ints or strings), same formats; omit for a `kstar extract` folder")
     p.add_argument("--out", required=True, help="output folder for summary.json, samples.csv and result.json")
+    p.add_argument("--force", action="store_true",
+                   help="replace those files in --out even where kstar did not write them (never an input or a link)")
     p.add_argument("--metric", choices=["euclidean", "cosine"], default="euclidean",
                    help="distance: euclidean, or cosine (rows L2-normalised, then euclidean)")
     p.add_argument("--method", choices=["auto", "exact", "ann"], default="auto",
                    help=f"exact search, pynndescent + exact verification (its numba code compiles on a process's "
-                        f"first use, about a minute, then is cached), or auto (exact while N^2*D <= "
+                        f"first use in every process, about a minute), or auto (exact while N^2*D <= "
                         f"{AUTO_ANN_MIN_WORK:.0e}; up to {AUTO_EXACT_MAX_WORK:.0e} ANN only for features of low "
                         f"intrinsic dimension)")
     p.add_argument("--threshold", type=float, default=0.5, help="pattern threshold t: Fractured > t, Clustered < -t")
@@ -62,26 +64,30 @@ def _add_compute(sub: argparse._SubParsersAction) -> None:
 def _run_compute(args: argparse.Namespace) -> int:
     import torch
 
-    from .io import read_features, read_labels, write_result
+    from .io import RESULT_FILES, read_features, read_labels, write_result
     from .kstar import compute_kstar
 
-    from .validation import check_count, check_number
+    from .validation import MAX_SEED, check_count, check_number
 
     # checked here first, so that a bad value is named as the user typed it (--block-size, not block_size)
     for option, value, minimum in (("--block-size", args.block_size, 1), ("--threads", args.threads, 1)):
         if value is not None:
             check_count(option, value, minimum)
     for option, value, minimum in (("--n-neighbors", args.n_neighbors, 2), ("--audit-size", args.audit_size, 0),
-                                   ("--seed", args.seed, 0), ("--bootstrap", args.bootstrap, 0)):
+                                   ("--bootstrap", args.bootstrap, 0)):
         check_count(option, value, minimum)
+    check_count("--seed", args.seed, 0, maximum=MAX_SEED)
     check_number("--threshold", args.threshold, 0.0)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    check_output_folder(args.out)
     labels_path = args.labels or args.features
     if args.labels is None and not Path(args.features).is_dir():
         raise KStarInputError("LABELS is missing; give a label file, or pass a `kstar extract` folder as FEATURES.")
-    features = read_features(args.features)
+    check_output_folder(args.out)
+    check_own_outputs(args.out, RESULT_FILES, args.force, inputs=(args.features, labels_path))
+    one_file = Path(args.features).is_file() and Path(labels_path).is_file() \
+        and Path(args.features).samefile(labels_path)
+    features = read_features(args.features, labels_in_file=one_file)
     labels = read_labels(labels_path)
     start = time.perf_counter()
     result = compute_kstar(
@@ -93,6 +99,7 @@ def _run_compute(args: argparse.Namespace) -> int:
     inputs = {"features": str(args.features), "labels": str(labels_path), "shape": list(features.shape),
               "seconds": round(seconds, 3)}
     paths = write_result(result, args.out, inputs)
+    record_own_outputs(args.out, RESULT_FILES)
     counts = result.pattern_counts
     print(
         f"k* of {len(result.kstar)} samples in {len(result.per_class)} classes ({result.method}, {seconds:.2f} s): "
@@ -100,9 +107,11 @@ def _run_compute(args: argparse.Namespace) -> int:
         f"{counts['Fractured']} fractured, {counts['Overlapped']} overlapped, {counts['Clustered']} clustered. "
         f"Wrote {paths['summary']} and {paths['samples']}."
     )
-    if result.audit:
+    if result.audit and result.audit["size"]:
         print(f"ANN audit: {result.audit['fraction_identical']:.4%} of {result.audit['size']} samples identical to "
               f"exact (largest difference {result.audit['max_abs_difference']}).")
+    elif result.audit:
+        print("ANN audit: none (--audit-size 0), so nothing measured how far this result is from exact k*.")
     if "auto_exact_reason" in result.params:
         print(f"auto chose exact: {result.params['auto_exact_reason']}.")
     return 0
@@ -145,14 +154,17 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cache-dir", help="feature cache (default: $KSTAR_CACHE or ~/.cache/kstar/features)")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--force", action="store_true",
+                   help="replace the output files in --out even where kstar did not write them (never a link)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=_run_extract)
 
 
 def _run_extract(args: argparse.Namespace) -> int:
-    from .extract import extract
+    from .extract import EXTRACT_FILES, extract
 
     check_output_folder(args.out)
+    check_own_outputs(args.out, EXTRACT_FILES, args.force, inputs=tuple(p for p in (args.data_root,) if p))
     options = {"layer": args.layer, "pretrained": args.pretrained}
     if args.source == "robustbench":
         options.update(threat_model=args.threat_model, model_dir=args.model_dir)
@@ -165,6 +177,7 @@ def _run_extract(args: argparse.Namespace) -> int:
         **options,
     )
     out = result.save(args.out)
+    record_own_outputs(out, EXTRACT_FILES)
     print(f"{result.features.shape[0]} x {result.features.shape[1]} features of {args.source}:{args.model} on "
           f"{args.dataset}/{args.split} ({result.meta.get('cache', 'no cache')}) -> {out}")
     return 0

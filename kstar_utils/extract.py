@@ -53,6 +53,9 @@ def resolve_precision(precision: str | None = "fp32", amp: bool | None = None,
     return name
 
 
+EXTRACT_FILES = ("features.npy", "labels.npy", "classes.json", "meta.json")  # what ExtractedFeatures.save writes
+
+
 @dataclass
 class ExtractedFeatures:
     """Features (N, D) float32, integer labels (N,), class names and the metadata of how they were made."""

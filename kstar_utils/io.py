@@ -93,6 +93,16 @@ def _read_npz(path: Path, preferred: tuple[str, ...]) -> np.ndarray:
         )
 
 
+def _read_error(p: Path, err: BaseException) -> str:
+    """What went wrong reading ``p``, in words: an empty file (an interrupted save) is said as such."""
+    try:
+        if p.stat().st_size == 0:
+            return "the file is empty (0 bytes: an interrupted save?); write it again"
+    except OSError:
+        pass
+    return str(err) or type(err).__name__
+
+
 def _check_path(path: str | os.PathLike, what: str) -> Path:
     p = Path(path)
     if not p.exists():
@@ -102,8 +112,13 @@ def _check_path(path: str | os.PathLike, what: str) -> Path:
     return p
 
 
-def read_features(path: str | os.PathLike) -> np.ndarray:
-    """Read an (N, D) feature matrix from .npy, .npz, .csv/.txt or .parquet (or an extract directory)."""
+def read_features(path: str | os.PathLike, labels_in_file: bool = False) -> np.ndarray:
+    """Read an (N, D) feature matrix from .npy, .npz, .csv/.txt or .parquet (or an extract directory).
+
+    A table column named as a label column (``label``, ``labels``, ``class``, ``target``; see :func:`read_labels`)
+    is never read as a feature: with ``labels_in_file`` (the same file gives the labels) it is left out, otherwise it
+    is refused. An integer class id read as a feature would separate the classes by itself. (``y`` alone is read as
+    a feature: it names a coordinate as often as a label.)"""
     p = _check_path(path, "features")
     if p.is_dir():
         return read_features(p / "features.npy")
@@ -114,10 +129,18 @@ def read_features(path: str | os.PathLike) -> np.ndarray:
         if suffix == ".npz":
             return _read_npz(p, ("features", "x", "X"))
         table = _read_table(p)
-    except (ValueError, OSError) as err:
+    except (ValueError, OSError, EOFError) as err:
         if isinstance(err, KStarInputError):
             raise
-        raise KStarInputError(f"cannot read features from {p}: {err}") from err
+        raise KStarInputError(f"cannot read features from {p}: {_read_error(p, err)}") from err
+    named = [c for c in table.columns if str(c).lower() in LABEL_COLUMNS]
+    if labels_in_file:
+        table = table.drop(columns=named)
+    elif [c for c in named if str(c).lower() != "y"]:
+        raise KStarInputError(
+            f"features file {p} has a column named {str(named[0])!r}, which kstar reads as labels, not as a feature; "
+            "give this file as LABELS too (the column is then left out of the features), or save the features "
+            "without it.")
     non_numeric = [str(c) for c in table.columns if not pd.api.types.is_numeric_dtype(table[c])]
     if non_numeric:
         raise KStarInputError(
@@ -153,9 +176,10 @@ def read_labels(path: str | os.PathLike) -> np.ndarray:
             labels = np.load(p, allow_pickle=False) if suffix == ".npy" else _read_npz(p, ("labels", "y"))
         except KStarInputError:
             raise
-        except (ValueError, OSError) as err:
-            raise KStarInputError(f"cannot read labels from {p}: {err}. kstar never loads pickled objects: save the "
-                                  "labels as an int or str array (np.save(path, np.asarray(labels, dtype=str))).") from None
+        except (ValueError, OSError, EOFError) as err:
+            raise KStarInputError(f"cannot read labels from {p}: {_read_error(p, err)}. kstar never loads pickled "
+                                  "objects: save the labels as an int or str array "
+                                  "(np.save(path, np.asarray(labels, dtype=str))).") from None
     elif suffix == ".parquet":
         labels = _read_parquet_labels(p)
     else:
@@ -284,6 +308,9 @@ def _read_extract_labels(p: Path) -> np.ndarray:
                               f"{int(labels.max() if labels.max() >= len(classes) else labels.min())}; "
                               "regenerate the folder with kstar extract.")
     return np.asarray([str(c) for c in classes], dtype=str)[labels]
+
+
+RESULT_FILES = ("summary.json", "samples.csv", "result.json")  # what write_result writes
 
 
 def write_result(result, out_dir: str | os.PathLike, inputs: dict | None = None) -> dict[str, Path]:

@@ -75,7 +75,7 @@ from .neighbours import (
     resolve_device,
     sort_by_class,
 )
-from .validation import METHODS, check_choice, check_count, check_fraction, check_inputs, check_number
+from .validation import MAX_SEED, METHODS, check_choice, check_count, check_fraction, check_inputs, check_number
 
 # Below this fraction of identical k* in the audit, "auto" discards the ANN result and computes exact k*, and "ann"
 # warns: isotropic high-dimensional classes have few shared nearest foreign samples (see README, Performance).
@@ -189,7 +189,7 @@ class KStarResult:
             "gamma_approx": _encode_float(self.gamma_approx),
             "pattern_counts": self.pattern_counts,
             "method": self.method,
-            "audit": self.audit,
+            "audit": None if self.audit is None else {k: _encode_float(v) for k, v in self.audit.items()},
             "params": self.params,
             "intervals": _encode_intervals(self.intervals),
             "per_class": [
@@ -226,7 +226,7 @@ class KStarResult:
             gamma_true=float(_decode_float(data["gamma_true"])),
             gamma_approx=float(_decode_float(data["gamma_approx"])),
             method=data["method"],
-            audit=data.get("audit"),
+            audit=None if data.get("audit") is None else {k: _decode_float(v) for k, v in data["audit"].items()},
             params=data.get("params", {}),
             intervals=_decode_intervals(data.get("intervals")),
         )
@@ -605,10 +605,10 @@ def compute_kstar(
     block_size = check_count("block_size", block_size, 1, allow_none=True)
     n_neighbors = check_count("n_neighbors", n_neighbors, 2)
     audit_size = check_count("audit_size", audit_size, 0)
-    seed = check_count("seed", seed, 0)
+    seed = check_count("seed", seed, 0, maximum=MAX_SEED)
     n_jobs = check_count("n_jobs", n_jobs, 1, allow_none=True)
     bootstrap = check_count("bootstrap", bootstrap, 0)
-    bootstrap_seed = check_count("bootstrap_seed", bootstrap_seed, 0)
+    bootstrap_seed = check_count("bootstrap_seed", bootstrap_seed, 0, maximum=MAX_SEED)
     confidence = check_fraction("confidence", confidence)
     check_choice("method", method, METHODS)
     torch_device = resolve_device(device)

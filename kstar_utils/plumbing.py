@@ -165,6 +165,56 @@ def check_output_folder(path: str | os.PathLike, option: str = "--out") -> Path:
     return p
 
 
+OUTPUTS_MANIFEST = ".kstar-outputs.json"  # the files `kstar compute` / `kstar extract` wrote into an --out folder
+
+
+def check_own_outputs(folder: str | os.PathLike, names: tuple[str, ...], force: bool = False,
+                      inputs: tuple[str | os.PathLike, ...] = (), option: str = "--out") -> None:
+    """Refuse, before any work, to write ``names`` into ``folder`` where that would replace a file kstar did not
+    write there: one missing from the folder's list of kstar's outputs, or changed since (unless ``force``); and,
+    even with ``force``, a link (it would be replaced, or written through) or one of the command's ``inputs``.
+
+    Why: an --out folder may hold the user's own files (even the input itself, ``--out .``); the tool replaces only
+    its own outputs, as the report folder does (:mod:`kstar_utils.report.publish`)."""
+    from .errors import KStarInputError
+
+    out = Path(folder)
+    recorded = _recorded_outputs(out)
+    sources = [Path(p).resolve() for p in inputs]
+    foreign = []
+    for name in names:
+        target = out / name
+        if target.is_symlink():
+            raise KStarInputError(f"{option} {out}: {name} is a link; kstar does not write through links or replace "
+                                  "them: choose another folder.")
+        if not target.exists():
+            continue
+        if target.resolve() in sources or any(s.is_dir() and target.resolve().parent == s for s in sources):
+            raise KStarInputError(f"{option} {out}: writing {name} there would replace an input of this command; "
+                                  "choose another folder.")
+        if recorded.get(name) != sha256_file(target):
+            foreign.append(name)
+    if foreign and not force:
+        raise KStarInputError(f"{option} {out} holds {', '.join(foreign)}, which kstar did not write (or which changed "
+                              "since); choose a new or empty folder, or pass --force to replace them.")
+
+
+def record_own_outputs(folder: str | os.PathLike, names: tuple[str, ...]) -> None:
+    """Record ``names`` (just written into ``folder``) with their SHA-256 as kstar's outputs there."""
+    out = Path(folder)
+    recorded = _recorded_outputs(out)
+    recorded.update({name: sha256_file(out / name) for name in names})
+    write_json(out / OUTPUTS_MANIFEST, {"tool": "kstar_utils", "files": recorded})
+
+
+def _recorded_outputs(out: Path) -> dict[str, str]:
+    try:
+        files = json.loads((out / OUTPUTS_MANIFEST).read_text())["files"]
+        return {str(k): str(v) for k, v in files.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}  # none, or damaged: nothing counts as kstar's, so only --force replaces files there
+
+
 # ----------------------------------------------------------------------------------------------------------- devices
 def pick_device(device: "str | Any | None" = None):
     """The device asked for, else CUDA, then Apple MPS, then CPU. A bad name is a :class:`KStarInputError`."""

@@ -252,13 +252,20 @@ def unit_rows(x: np.ndarray) -> np.ndarray:
     return scaled / np.linalg.norm(scaled, axis=1, keepdims=True)
 
 
-def check_count(name: str, value: Any, minimum: int, allow_none: bool = False) -> int | None:
-    """Return ``value`` as an int if it is an integer >= ``minimum`` (or None when allowed); otherwise raise a
-    KStarInputError naming the option and what it accepts. For options such as block_size, threads, audit size."""
+MAX_SEED = 2**32 - 1  # numpy's and pynndescent's seeds are 32-bit
+
+
+def check_count(name: str, value: Any, minimum: int, allow_none: bool = False,
+                maximum: int | None = None) -> int | None:
+    """Return ``value`` as an int if it is an integer >= ``minimum`` (and <= ``maximum``, if given; or None when
+    allowed); otherwise raise a KStarInputError naming the option and what it accepts. For options such as
+    block_size, threads, audit size, seeds."""
     if value is None and allow_none:
         return None
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < minimum:
-        allowed = f"an integer >= {minimum}" + (" (or None for the default)" if allow_none else "")
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < minimum \
+            or (maximum is not None and value > maximum):
+        allowed = (f"an integer from {minimum} to {maximum}" if maximum is not None else f"an integer >= {minimum}") \
+            + (" (or None for the default)" if allow_none else "")
         raise KStarInputError(f"{name} must be {allowed}, got {value!r}.")
     return int(value)
 

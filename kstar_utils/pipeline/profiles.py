@@ -56,6 +56,9 @@ class ComputeOptions:
 
     def __post_init__(self) -> None:
         _choice("compute.precision", self.precision, PRECISIONS)
+        if not isinstance(self.device, str) or not DEVICE_NAME.fullmatch(self.device):
+            raise ProfileError(f"compute.device is {self.device!r}; allowed: auto, cpu, mps, cuda or cuda:N "
+                               "(checked when the profile is read, not after its models are trained).")
         _at_least("compute.batch_size", self.batch_size, 1)
         _at_least("compute.workers", self.workers, 0)
         _at_least("compute.bootstrap", self.bootstrap, 0)
@@ -225,6 +228,10 @@ class Profile:
         """The same profile with some compute options changed (e.g. from the command line); None keeps a value."""
         changes = {k: v for k, v in changes.items() if v is not None}
         return dataclasses.replace(self, compute=dataclasses.replace(self.compute, **changes)) if changes else self
+
+
+DEVICE_NAME = re.compile(r"auto|cpu|mps|cuda(:[0-9]+)?")  # the names kstar's --device takes (availability is checked
+# where the work runs: a profile may be written on one machine for another)
 
 
 def _choice(key: str, value: Any, allowed: tuple) -> None:

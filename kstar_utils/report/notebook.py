@@ -237,7 +237,6 @@ def compact_columns(table: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
     0.48]", the header saying "[95% CI]"), and the three concept counts in one cell ("2 / 8 / 0"), so that a wide
     table fits the page (the CSVs keep every column apart)."""
     from ..evidence import format_number
-
     from .render import readable_header
 
     table = table.copy()

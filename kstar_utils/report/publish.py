@@ -5,7 +5,8 @@ staging folder inside ``OUT`` (same file system, so moving is a rename); only wh
 moved into place, the previous report's files that the new one no longer has are removed, and the list is rewritten.
 A failed run removes its staging folder and leaves the previous report as it was. A folder holding files the tool
 did not write is refused unless ``force=True``; even then no foreign file is ever deleted (one whose name the new
-report uses is replaced, which is what ``force`` accepts). A sub-folder holding its own manifest is another report
+report uses is replaced, which is what ``force`` accepts). A link inside the folder is refused even with ``force``:
+the report would be written through it, outside the folder. A sub-folder holding its own manifest is another report
 (``reports/fashion`` beside the default report in ``reports``) and is left to it.
 """
 
@@ -70,7 +71,12 @@ class ReportFolder:
         skip = set(self._stale_staging()) | self._nested_reports()
         found = []
         for path in sorted(self.out.rglob("*")):
-            if path.is_dir() or path.name in (MANIFEST, LOCK) or any(s in path.parents for s in skip):
+            if any(s in path.parents for s in skip):
+                continue
+            if path.is_symlink():  # never the tool's: it writes regular files only
+                found.append(path.relative_to(self.out).as_posix())
+                continue
+            if path.is_dir() or path.name in (MANIFEST, LOCK):
                 continue
             rel = path.relative_to(self.out).as_posix()
             if rel not in owned:
@@ -87,6 +93,10 @@ class ReportFolder:
         if not self.out.exists():
             return
         foreign = self.foreign_files()
+        links = [rel for rel in foreign if (self.out / rel).is_symlink()]
+        if links:  # even with force: writing there would write through the link, outside this folder
+            raise ReportFolderError(f"--out {self.out} holds links ({', '.join(links[:3])}); kstar does not write "
+                                    "through links or replace them: remove them, or choose another folder.")
         if foreign and not self.force:
             shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
             raise ReportFolderError(f"--out {self.out} holds files kstar did not write ({shown}); choose an empty "
@@ -114,10 +124,11 @@ class ReportFolder:
         """Move every file of ``stage`` into the folder, drop the previous report's files the new one lacks."""
         old = self.owned()
         files: dict[str, str] = {}
-        for path in sorted(stage.rglob("*")):
-            if path.is_dir() or path.name == STAGING_MARK:
-                continue
-            rel = path.relative_to(stage).as_posix()
+        moves = [(path, path.relative_to(stage).as_posix()) for path in sorted(stage.rglob("*"))
+                 if not path.is_dir() and path.name != STAGING_MARK]
+        for _, rel in moves:  # all checked before anything moves: a refused report publishes nothing
+            _refuse_links(self.out, self.out / rel)
+        for path, rel in moves:
             target = self.out / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             files[rel] = sha256_file(path)
@@ -134,6 +145,17 @@ class ReportFolder:
         write_json(self.manifest_path, {"tool": "kstar_utils", "files": files,
                                         "published": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
         return sorted(files)
+
+
+def _refuse_links(out: Path, target: Path) -> None:
+    """Raise if ``target`` or a folder between ``out`` and it is a link (one made while the report ran): the report
+    would be written through it, outside ``out``."""
+    for path in (target, *target.parents):
+        if path == out:
+            return
+        if path.is_symlink():
+            raise ReportFolderError(f"--out {out}: {path.relative_to(out)} became a link while the report ran; kstar "
+                                    "does not write through links. Nothing was published: remove it and run again.")
 
 
 def _inside(rel: str) -> bool:
