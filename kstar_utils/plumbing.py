@@ -189,7 +189,7 @@ def check_own_outputs(folder: str | os.PathLike, names: tuple[str, ...], force: 
                                   "them: choose another folder.")
         if not target.exists():
             continue
-        if target.resolve() in sources or any(s.is_dir() and target.resolve().parent == s for s in sources):
+        if target.resolve() in sources:
             raise KStarInputError(f"{option} {out}: writing {name} there would replace an input of this command; "
                                   "choose another folder.")
         if recorded.get(name) != sha256_file(target):
