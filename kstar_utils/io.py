@@ -45,7 +45,7 @@ def _read_table(path: Path) -> pd.DataFrame:
             return pd.read_parquet(path)
         except ImportError as err:
             raise KStarInputError(f"reading {path} needs pyarrow: pip install pyarrow (or save as .npy).") from err
-    with path.open() as handle:
+    with path.open(encoding="utf-8-sig") as handle:  # a byte-order mark is not part of the first cell
         raw = handle.readline().rstrip("\r\n")  # a leading separator is kept: it is an unnamed first column
     first = raw.strip()
     sep = next((c for c in ("\t", ",", ";") if c in first), r"\s+" if " " in first else ",")
@@ -57,7 +57,7 @@ def _read_table(path: Path) -> pd.DataFrame:
             "index=False, or remove that column (or fill that missing value).")
     unnamed = [str(i) for i in range(len(cells))]
     header = any(_not_number(c) for c in cells if c) or (len(cells) > 1 and cells == unnamed)
-    table = pd.read_csv(path, header=0 if header else None, sep=sep, engine="python")
+    table = pd.read_csv(path, header=0 if header else None, sep=sep, engine="python", encoding="utf-8-sig")
     if header and str(table.columns[0]).startswith("Unnamed: 0"):
         raise KStarInputError(
             f"features file {path}: its first column has no name, as pandas writes its row index (DataFrame.to_csv "
@@ -303,6 +303,11 @@ def _read_extract_labels(p: Path) -> np.ndarray:
         raise KStarInputError(f"{names} must be a JSON list of class names, got {type(classes).__name__}.")
     if labels.dtype.kind not in "iu":
         raise KStarInputError(f"{p / 'labels.npy'} must hold integer class ids to be named by {names}.")
+    shown = [str(c) for c in classes]
+    twice = sorted({c for c in shown if shown.count(c) > 1})
+    if twice:  # two class ids named alike would be merged into one class
+        raise KStarInputError(f"{names} names several classes {twice[0]!r}; class names must differ (rename them, "
+                              "or regenerate the folder with kstar extract).")
     if labels.size and (labels.min() < 0 or labels.max() >= len(classes)):
         raise KStarInputError(f"{names} names {len(classes)} classes but {p / 'labels.npy'} holds class id "
                               f"{int(labels.max() if labels.max() >= len(classes) else labels.min())}; "

@@ -141,3 +141,16 @@ def test_a_profile_names_a_bad_device_when_it_is_read(tmp_path):
     good = tmp_path / "q.yaml"
     good.write_text("extends: smoke\ncompute:\n  device: cuda:1\n")  # written for another machine: allowed here
     assert load_profile(good).compute.device == "cuda:1"
+
+
+def test_a_byte_order_mark_is_not_a_header_and_class_names_must_differ(tmp_path):
+    x = np.arange(12, dtype=float).reshape(4, 3) / 7
+    (tmp_path / "bom.csv").write_bytes("\ufeff".encode() + "\n".join(",".join(str(float(v)) for v in r) for r in x).encode())
+    assert np.allclose(read_features(tmp_path / "bom.csv"), x)  # all four samples, the first one too
+    folder = tmp_path / "extract"
+    folder.mkdir()
+    np.save(folder / "features.npy", x)
+    np.save(folder / "labels.npy", np.array([0, 1, 0, 1]))
+    (folder / "classes.json").write_text('["cat", "cat"]')
+    with pytest.raises(KStarInputError, match="names several classes 'cat'; class names must differ"):
+        read_labels(folder)
