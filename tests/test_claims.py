@@ -212,3 +212,19 @@ def test_multiple_tests_caveat_counts_the_tests_and_names_what_holm_keeps(profil
     decided = sum(r["claim"] == "robustness" and r["verdict"] != evidence.INCONCLUSIVE for r in rows)
     none = multiple_tests_caveat([dict(r, p_holm=0.5) for r in rows])
     assert f"for robustness: none of its {decided} decided tests; for generalisation: none of its " in none
+
+
+def test_shifted_set_means_are_the_points_of_the_main_generalisation_test(profile):
+    from kstar_utils.pipeline.claims import shifted_set_means
+
+    table = generalisation_table(np.random.default_rng(9), within_set_relation=1.0)
+    means = shifted_set_means(table)
+    assert len(means) == 18 and {"model", "config", "seed", "accuracy", "gamma_prime"} <= set(means.columns)
+    first = table[(table["model"] == "cfg0-s0") & (table["shift"] != "clean")]
+    row = means.set_index("model").loc["cfg0-s0"]
+    assert row["accuracy"] == pytest.approx(first["accuracy"].mean())
+    assert row["gamma_prime"] == pytest.approx(first["gamma_prime"].mean())
+    main = _row(generalisation_claim(profile, table)["rows"], "main")
+    rho = means["accuracy"].rank().corr(means["gamma_prime"].rank())
+    assert main["n"] == 18 and main["rho"] == pytest.approx(rho)
+    assert shifted_set_means(table[table["shift"] == "clean"]).empty

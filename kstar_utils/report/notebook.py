@@ -255,6 +255,14 @@ def compact_columns(table: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
     return table
 
 
+def shifted_set_means(results: Results) -> pd.DataFrame:
+    """Per model, its mean accuracy and mean Gamma' over the shifted sets: the points of the built-in study's main
+    generalisation test (empty for profiles without shifted sets)."""
+    from ..pipeline.claims import shifted_set_means as means
+
+    return means(results.table("generalisation"))
+
+
 def table_one(results: Results) -> pd.DataFrame:
     """Table 1 as the report shows it: one row per model by id (the labels are on the model pages), compacted by
     :func:`compact_columns` so that the accuracy columns fit beside Gamma and Gamma'."""
