@@ -173,8 +173,6 @@ def shifted_set_means(generalisation: pd.DataFrame) -> pd.DataFrame:
 def _clean_accuracy(generalisation: pd.DataFrame, models: pd.Series) -> pd.Series | None:
     """Each model's accuracy on the clean test set, in the order of ``models``; None where the table has no clean
     set (OpenCLIP) or a model lacks it."""
-    if "shift" not in generalisation:
-        return None
     clean = generalisation[generalisation["shift"] == "clean"].drop_duplicates("model").set_index("model")
     values = models.map(clean["accuracy"])
     return None if values.isna().any() or values.empty else values.reset_index(drop=True)
@@ -245,12 +243,11 @@ def _clean_confound(generalisation: pd.DataFrame, rows: list[dict]) -> str:
                    None)
     if partial is None:
         return ""
-    clean = generalisation[generalisation["shift"] == "clean"].drop_duplicates("model").set_index("model")["accuracy"]
-    shifted = generalisation[generalisation["shift"] != "clean"].groupby("model")["accuracy"].mean()
-    both = pd.concat([clean.rename("clean"), shifted.rename("shifted")], axis=1).dropna()
-    rho = both["clean"].rank().corr(both["shifted"].rank())
+    means = shifted_set_means(generalisation)  # the models of that partial test, which had every clean accuracy
+    clean = _clean_accuracy(generalisation, means["model"])
+    rho = clean.rank().corr(means["accuracy"].rank())
     return (f"Clean and shifted accuracy: in this study the models that do better on the shifted sets also do better "
-            f"on the clean test set (Spearman rho = {ev.format_number(rho)} over {len(both)} models), so the main "
+            f"on the clean test set (Spearman rho = {ev.format_number(rho)} over {len(means)} models), so the main "
             "generalisation test alone cannot tell generalising from being a better model in distribution. "
             f"Controlling for clean accuracy: {partial['verdict']} (partial Spearman rho = "
             f"{ev.format_number(partial['rho'])}, 95% CI [{ev.format_number(partial['ci_lo'])}, "

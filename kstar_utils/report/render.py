@@ -95,7 +95,7 @@ def table_html(frame: pd.DataFrame, links: dict[str, dict[str, str]] | None = No
     text = [any(not NUMBER_CELL.match(row[i]["text"]) for row in rows if row[i]["text"] not in (MISSING, "n/a", ""))
             for i in range(len(frame.columns))]
     columns = [{"name": readable_header(c), "text": t} for c, t in zip(frame.columns, text)]
-    return _trusted(environment().get_template("table.html.j2").render(columns=columns, rows=rows, text=text,
+    return _trusted(environment().get_template("table.html.j2").render(columns=columns, rows=rows,
                                                                        missing=MISSING if missing else None))
 
 
