@@ -29,7 +29,7 @@ def _add_compute(sub: argparse._SubParsersAction) -> None:
         "compute",
         help="k* of every sample from a feature file and a label file",
         description=(
-            "Compute k* (SPEC: the rank of each sample's nearest neighbour from another class), the per-class k* "
+            "Compute k* (the rank of each sample's nearest neighbour from another class), the per-class k* "
             "distributions and the skewness coefficients Gamma and Gamma'. Writes OUT/summary.json, "
             "OUT/samples.csv and OUT/result.json (KStarResult.from_json reads it back)."
         ),

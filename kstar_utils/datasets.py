@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import socket
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -102,6 +103,13 @@ def unpack_idx_folder(source: Path, root: Path, class_name: str) -> bool:
     return True
 
 
+def _without_download_advice(err: BaseException) -> str:
+    """torchvision's own reason a data set is missing, less its advice "You can use download=True": kstar downloads
+    itself when online, and offline the remedy is placing the files."""
+    text = re.sub(r"\s*You can use download=True to download it\.?", "", str(err)).strip().rstrip(".")
+    return text or type(err).__name__
+
+
 def _torchvision(name: str, factory: Callable[..., Dataset], split_kw: Callable[[str], dict], files: str,
                  classes_of: Callable[[Dataset], Sequence[str]], labels_of: Callable[[Dataset], Sequence[int]]):
     """A loader for one torchvision data set: on-disk first, then (if allowed) a fast-failing download.
@@ -125,7 +133,8 @@ def _torchvision(name: str, factory: Callable[..., Dataset], split_kw: Callable[
         except (RuntimeError, FileNotFoundError) as missing:
             if offline():
                 raise DatasetNotFoundError(
-                    f"{name} ({split}) is not in {root_path} ({missing}) and downloads are off (offline); place "
+                    f"{name} ({split}) is not in {root_path} ({_without_download_advice(missing)}) and downloads "
+                    f"are off (offline); place "
                     f"{files} in {root_path} (or pass --data-root DIR where they are)."
                 ) from missing
             for url, dest in archives(factory, root_path, split):

@@ -47,9 +47,15 @@ def _read_table(path: Path) -> pd.DataFrame:
             raise KStarInputError(f"reading {path} needs pyarrow: pip install pyarrow (or save as .npy).") from err
     with path.open(encoding="utf-8-sig") as handle:  # a byte-order mark is not part of the first cell
         raw = handle.readline().rstrip("\r\n")  # a leading separator is kept: it is an unnamed first column
+        second = handle.readline().rstrip("\r\n")
     first = raw.strip()
-    sep = next((c for c in ("\t", ",", ";") if c in first), r"\s+" if " " in first else ",")
-    cells = [c.strip() for c in (first.split() if sep == r"\s+" else raw.split(sep))]
+    sep = _separator(first) or (r"\s+" if " " in first else ",")
+
+    def split(line: str) -> list[str]:
+        return [c.strip() for c in (line.split() if sep == r"\s+" else line.split(sep))]
+
+    decimal = "," if sep != "," and any("," in c for c in split(raw) + split(second)) else "."
+    cells = [c.replace(",", ".") if decimal == "," else c for c in split(raw)]
     if len(cells) > 1 and cells[0] == "" and all(cells[1:]):
         raise KStarInputError(
             f"features file {path}: the first cell of its first row is empty, as pandas writes the header of its row "
@@ -57,7 +63,8 @@ def _read_table(path: Path) -> pd.DataFrame:
             "index=False, or remove that column (or fill that missing value).")
     unnamed = [str(i) for i in range(len(cells))]
     header = any(_not_number(c) for c in cells if c) or (len(cells) > 1 and cells == unnamed)
-    table = pd.read_csv(path, header=0 if header else None, sep=sep, engine="python", encoding="utf-8-sig")
+    table = pd.read_csv(path, header=0 if header else None, sep=sep, engine="python", encoding="utf-8-sig",
+                        decimal=decimal)
     if header and str(table.columns[0]).startswith("Unnamed: 0"):
         raise KStarInputError(
             f"features file {path}: its first column has no name, as pandas writes its row index (DataFrame.to_csv "
@@ -71,6 +78,13 @@ def _read_table(path: Path) -> pd.DataFrame:
                 "index (DataFrame.to_csv writes one unless index=False); read as a feature it would change every "
                 "distance. Save with index=False, or remove that column.")
     return table
+
+
+def _separator(first_line: str) -> str | None:
+    """A table's cell separator: the first of tab, semicolon and comma in its first line (None: one column). A
+    semicolon or tab beside commas is a separator beside decimal commas ("1,5;2,25", as spreadsheets in many locales
+    save), so it wins over the comma; feature and label tables are split alike."""
+    return next((c for c in ("\t", ";", ",") if c in first_line), None)
 
 
 def _not_number(text: str) -> bool:
@@ -94,13 +108,18 @@ def _read_npz(path: Path, preferred: tuple[str, ...]) -> np.ndarray:
 
 
 def _read_error(p: Path, err: BaseException) -> str:
-    """What went wrong reading ``p``, in words: an empty file (an interrupted save) is said as such."""
+    """What went wrong reading ``p``, in words: an empty file (an interrupted save) is said as such, and numpy's
+    "Object arrays cannot be loaded when allow_pickle=False" (whose remedy, unpickling, kstar never takes) as what the
+    file holds."""
     try:
         if p.stat().st_size == 0:
             return "the file is empty (0 bytes: an interrupted save?); write it again"
     except OSError:
         pass
-    return str(err) or type(err).__name__
+    if "allow_pickle" in str(err):
+        return ("it holds Python objects (a pickled object array), and kstar never loads pickled objects; save "
+                "plain numbers or strings instead")
+    return (str(err) or type(err).__name__).rstrip(".")
 
 
 def _check_path(path: str | os.PathLike, what: str) -> Path:
@@ -132,7 +151,8 @@ def read_features(path: str | os.PathLike, labels_in_file: bool = False) -> np.n
     except (ValueError, OSError, EOFError) as err:
         if isinstance(err, KStarInputError):
             raise
-        raise KStarInputError(f"cannot read features from {p}: {_read_error(p, err)}") from err
+        advice = " (np.save(path, np.asarray(features, dtype=np.float32)))" if "allow_pickle" in str(err) else ""
+        raise KStarInputError(f"cannot read features from {p}: {_read_error(p, err)}{advice}.") from None
     named = [c for c in table.columns if str(c).lower() in LABEL_COLUMNS]
     if labels_in_file:
         table = table.drop(columns=named)
@@ -156,7 +176,7 @@ def read_labels(path: str | os.PathLike) -> np.ndarray:
     Rules (deterministic; nothing is guessed from what a word looks like):
 
     * ``.txt``: one label per line, the whole line (spaces inside a label are kept; surrounding blanks are not).
-    * ``.csv``: cells separated by the first of tab, comma or semicolon found in the first line (none: one column).
+    * ``.csv``: cells separated by the first of tab, semicolon or comma found in the first line (none: one column).
       With two or more columns the first row is a header and must name the label column (``label``, ``labels``,
       ``class``, ``y`` or ``target``, in any case). With one column, the first row is a header when it is one of
       those names and does not occur again below it (what ``pandas.DataFrame.to_csv(index=False)`` writes).
@@ -177,9 +197,8 @@ def read_labels(path: str | os.PathLike) -> np.ndarray:
         except KStarInputError:
             raise
         except (ValueError, OSError, EOFError) as err:
-            raise KStarInputError(f"cannot read labels from {p}: {_read_error(p, err)}. kstar never loads pickled "
-                                  "objects: save the labels as an int or str array "
-                                  "(np.save(path, np.asarray(labels, dtype=str))).") from None
+            raise KStarInputError(f"cannot read labels from {p}: {_read_error(p, err)}; save the labels as an int or "
+                                  "str array (np.save(path, np.asarray(labels, dtype=str))).") from None
     elif suffix == ".parquet":
         labels = _read_parquet_labels(p)
     else:
@@ -222,7 +241,7 @@ def _read_text_labels(p: Path, one_per_line: bool) -> np.ndarray:
     if not lines:
         raise KStarInputError(f"labels file {p} is empty; write one label per line.")
     first = lines[0]
-    sep = None if one_per_line else next((c for c in ("\t", ",", ";") if c in first), None)
+    sep = None if one_per_line else _separator(first)
     if sep is None:
         rows = [[line.strip()] for line in lines]
     else:

@@ -220,9 +220,11 @@ def _unit_scale(features: np.ndarray) -> np.ndarray:
     if np.ldexp(smallest, shift) < MIN_SCALED_MAGNITUDE:
         row = int(np.flatnonzero(magnitude.max(axis=1) == peak)[0])
         raise KStarInputError(
-            f"features span too many orders of magnitude for float64 distances: {peak:.3g} (row {row}) against "
-            f"{smallest:.3g} elsewhere; scaled into float32's range, the small values' squares would underflow to "
-            "zero. Standardise the features, or remove the outlying rows.")
+            f"features span too many orders of magnitude: the largest |value| is {peak:.3g} (row {row}), the "
+            f"smallest nonzero one {smallest:.3g}. k* is computed on the features scaled by one power of two (exact), "
+            "so that the largest fits float32's range for the fast pass; scaled that far, the small values' squares "
+            "fall below float64's normal range, and their exact re-check would lose them. Standardise the features, "
+            "or remove the outlying rows.")
     return np.ldexp(features, shift)
 
 

@@ -50,9 +50,12 @@ MIN_FONT_PT = 9.0
 SAVE_DPI = 150
 FONT = 10.0  # base size of every text drawn here: 10 pt on a 9 in figure shows as ~10.4 pt at 900 px
 SMALL = 9.5
-# Gamma' heatmap colours: green (clustered, negative) - pale (overlapped) - blue (fractured, positive); the two ends
-# differ in lightness too, so they stay apart for colour-blind readers.
-GAMMA_CMAP = LinearSegmentedColormap.from_list("kstar_gamma", ["#1b7837", "#a6dba0", "#f7f7f7", "#92c5de", "#2166ac"])
+# Gamma' heatmap colours, by the regions' own hues: green (clustered, below -t) darkening away from the band, a pale
+# red band (overlapped, -t to t: the scatters' red region) and blue (fractured, above t) darkening away from it. The two
+# ends differ in lightness too, so they stay apart for colour-blind readers, and the band's edges are sharp steps.
+HEATMAP_CLUSTERED = ("#1b7837", "#a6dba0")
+HEATMAP_OVERLAPPED = "#f4cccc"
+HEATMAP_FRACTURED = ("#92c5de", "#2166ac")
 
 
 # ---------------------------------------------------------------------------------------------- figure conventions
@@ -208,7 +211,7 @@ def gamma_prime_rule(per_class: pd.DataFrame) -> dict:
     finite_mean = float(finite.mean()) if finite.size else math.nan
     odd = [(lab, s) for lab, s in zip(labels, skews) if not np.isfinite(s)]
     if not odd:
-        text = (f"Every class has a finite skew, so SPEC's rule for infinite or undefined class skews (NaN counts as "
+        text = (f"Every class has a finite skew, so kstar's rule for infinite or undefined class skews (NaN counts as "
                 f"0, +-inf as the largest / smallest finite class skew) does not change Gamma' = {_num(with_rule)}.")
         return {"with_rule": with_rule, "plain_mean": plain, "finite_mean": finite_mean, "changed": False,
                 "text": text}
@@ -221,7 +224,7 @@ def gamma_prime_rule(per_class: pd.DataFrame) -> dict:
         meaning.append("an undefined (NaN) skew means all k* of the class are equal but below n_c")
     if np.any(skews == np.inf):
         meaning.append("+inf is an infinite positive skew")
-    text = (f"Class {names}: {'; '.join(meaning)}. A plain mean over classes would be {plain_txt}, so SPEC's rule "
+    text = (f"Class {names}: {'; '.join(meaning)}. A plain mean over classes would be {plain_txt}, so kstar's rule "
             f"counts -inf as the smallest and +inf as the largest finite class skew and NaN as 0: Gamma' = "
             f"{_num(with_rule)} with the rule, {plain_txt} without it ({_num(finite_mean)} over the finite classes "
             f"only). The rule exists because a mean "
@@ -368,7 +371,7 @@ def framework_figure(x2d: np.ndarray, labels: Sequence, result: KStarResult,
                 f"Gamma' = {_num(result.gamma_approx)}{_interval_text(result, 'gamma_prime')}")
     if rule["changed"]:
         plain = "NaN" if math.isnan(rule["plain_mean"]) else ("-inf" if rule["plain_mean"] < 0 else "+inf")
-        headline += (f" with SPEC's +-inf rule; without it Gamma' = {plain}\n(the rule keeps a mean over classes "
+        headline += (f" with kstar's +-inf rule; without it Gamma' = {plain}\n(the rule keeps a mean over classes "
                      f"finite; over finite classes only: {_num(rule['finite_mean'])})")
     bottom.suptitle(headline, x=0.01, ha="left", fontsize=FONT + 1)
     misses = []
@@ -723,6 +726,17 @@ def _near_chance(acc: Any, chance: Any, margin: float) -> np.ndarray:
         return np.isfinite(a) & np.isfinite(c) & (a <= c + margin)
 
 
+def gamma_colormap(threshold: float, limit: float) -> LinearSegmentedColormap:
+    """The heatmap's colour map over [-limit, limit]: its overlapped band [-threshold, threshold] one pale red, so that
+    a cell's colour names its region as the scatters' regions do (a single diverging map made overlapped look like
+    "no value")."""
+    edge = min(max(threshold / limit, 0.0), 1.0) if limit > 0 else 0.0
+    lo, hi = (1 - edge) / 2, (1 + edge) / 2
+    return LinearSegmentedColormap.from_list("kstar_gamma", [
+        (0.0, HEATMAP_CLUSTERED[0]), (lo, HEATMAP_CLUSTERED[1]), (lo, HEATMAP_OVERLAPPED),
+        (hi, HEATMAP_OVERLAPPED), (hi, HEATMAP_FRACTURED[0]), (1.0, HEATMAP_FRACTURED[1])])
+
+
 def gamma_heatmap(table: pd.DataFrame, row: str = "model", col: str = "data", value: str = "gamma_prime",
                   accuracy: str | None = "accuracy", chance: float | str | None = None, chance_margin: float = 0.1,
                   threshold: float = metrics.DEFAULT_THRESHOLD, row_order: Sequence | None = None,
@@ -746,8 +760,8 @@ def gamma_heatmap(table: pd.DataFrame, row: str = "model", col: str = "data", va
     height = max(2.8, 0.55 * len(rows) + 1.9)
     fig = _new_figure(height)
     ax = fig.add_subplot()
-    im = ax.imshow(np.ma.masked_invalid(grid.to_numpy(dtype=float)), cmap=GAMMA_CMAP, vmin=-lim, vmax=lim,
-                   aspect="auto")
+    im = ax.imshow(np.ma.masked_invalid(grid.to_numpy(dtype=float)), cmap=gamma_colormap(threshold, lim),
+                   vmin=-lim, vmax=lim, aspect="auto")
     has_ci = f"{value}_lo" in agg and f"{value}_hi" in agg
     flagged = 0
     for i, r in enumerate(rows):
@@ -790,7 +804,7 @@ def gamma_heatmap(table: pd.DataFrame, row: str = "model", col: str = "data", va
     for t in (threshold, -threshold):
         cb.ax.axhline(t, color="black", lw=0.8)
     notes = [f"Gamma' > {threshold:g} fractured (blue), < -{threshold:g} clustered (green), between them "
-             "overlapped (pale)"]
+             "overlapped (pale red)"]
     if has_ci:
         notes.append("brackets: 95% bootstrap interval")
     if flagged:
@@ -802,7 +816,7 @@ def gamma_heatmap(table: pd.DataFrame, row: str = "model", col: str = "data", va
     _style_axes(ax, FONT)
     ax.title.set_fontsize(SMALL)
     alt = (f"Heatmap of Gamma' for {len(rows)} {row}s (rows) by {len(cols)} {col} values (columns), each cell "
-           f"annotated with its value; green is clustered, blue fractured"
+           f"annotated with its value; green is clustered, pale red overlapped, blue fractured"
            + (f"; {flagged} cell{'' if flagged == 1 else 's'} marked with a dagger where accuracy is near chance"
               if chance is not None else "")
            + ".")

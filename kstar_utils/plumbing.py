@@ -143,7 +143,9 @@ def default_robustbench_dir() -> Path:
 
 def check_output_folder(path: str | os.PathLike, option: str = "--out") -> Path:
     """``path`` can be created or written as a folder: not a file, not below a file, writable. Checked before long
-    work starts, so a bad ``--out`` costs seconds, not a lost result."""
+    work starts, so a bad ``--out`` costs seconds, not a lost result. The check leaves nothing behind: folders it made
+    to try are removed again (the command makes them when it writes), so a run that then fails on its input leaves no
+    empty ``--out`` folder."""
     from .errors import KStarInputError
 
     p = Path(path)
@@ -156,12 +158,19 @@ def check_output_folder(path: str | os.PathLike, option: str = "--out") -> Path:
         raise KStarInputError(f"{option} {p}: {parent} is a file, so no folder can be made below it.")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise KStarInputError(f"{option} {p}: {parent} is not writable; choose a folder you can write.")
+    made = [q for q in [p, *p.parents] if not q.exists()]  # deepest first
     try:  # permissions can pass where writing cannot (/proc, a read-only mount, a full disk): try it
         p.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=p, prefix=".kstar-probe-"):
             pass
     except OSError as err:
         raise KStarInputError(f"{option} {p} cannot be written ({err.strerror or err}); choose another folder.") from None
+    finally:
+        for folder in made:
+            try:
+                folder.rmdir()  # only when still empty: never anything another process put there meanwhile
+            except OSError:
+                break
     return p
 
 
@@ -238,6 +247,18 @@ def pick_device(device: "str | Any | None" = None):
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def cpu_rounding() -> str:
+    """What decides the rounding of float32 work on this CPU: its architecture, the instruction set torch dispatches
+    to, and torch's threads ("x86_64 AVX512, 2 threads"). A zoo model (trained on CPU) comes out different when any
+    of them differs, since its sums are ordered differently, so the report names where its models were trained."""
+    import platform
+
+    import torch
+
+    threads = torch.get_num_threads()
+    return f"{platform.machine()} {torch.backends.cpu.get_cpu_capability()}, {threads} thread{'' if threads == 1 else 's'}"
 
 
 def cuda_device_count() -> int:

@@ -80,8 +80,10 @@ def test_robustbench_imagenet_list_is_the_5000_image_subset():
 
 def test_missing_data_offline_names_what_to_place(tmp_path, monkeypatch):
     monkeypatch.setenv("KSTAR_OFFLINE", "1")
-    with pytest.raises(DatasetNotFoundError, match=r"CIFAR-10 \(test\) is not in .* place cifar-10-python.tar.gz"):
+    with pytest.raises(DatasetNotFoundError, match=r"CIFAR-10 \(test\) is not in .* place cifar-10-python.tar.gz") \
+            as found:
         open_dataset("cifar10", tmp_path, "test")
+    assert "download=True" not in str(found.value)  # torchvision's advice is not kstar's: it downloads itself
 
 
 def test_missing_data_with_failing_download_is_reported(tmp_path, monkeypatch):

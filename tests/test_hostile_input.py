@@ -588,3 +588,19 @@ def test_the_pickle_payload_is_live(tmp_path):
     evil = _evil_checkpoint(tmp_path / "evil.pt", tmp_path / "ran")
     torch.load(evil, weights_only=False)
     assert (tmp_path / "ran").exists()
+
+
+def test_decimal_comma_tables_read_as_numbers(tmp_path):
+    """A spreadsheet saved in a decimal-comma locale ("1,5;2,25"): semicolons or tabs split the cells and the commas
+    are decimal points, for features and labels alike; a plain comma-separated file is unchanged."""
+    from kstar_utils.io import read_features, read_labels
+
+    x = np.array([[1.5, -2.25], [0.125, 3.0], [4.0, 0.5]])
+    with_label = "a;b;label\n" + "\n".join(f"{a};{b};{lab}".replace(".", ",") for (a, b), lab in zip(x, "xyx"))
+    (tmp_path / "semi.csv").write_text(with_label + "\n")
+    assert np.array_equal(read_features(tmp_path / "semi.csv", labels_in_file=True), x)
+    assert list(read_labels(tmp_path / "semi.csv")) == ["x", "y", "x"]
+    (tmp_path / "tabs.csv").write_text("\n".join("\t".join(str(v).replace(".", ",") for v in row) for row in x))
+    assert np.array_equal(read_features(tmp_path / "tabs.csv"), x)  # no header: the first row is a sample
+    (tmp_path / "plain.csv").write_text("\n".join(",".join(str(v) for v in row) for row in x))
+    assert np.array_equal(read_features(tmp_path / "plain.csv"), x)

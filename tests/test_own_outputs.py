@@ -110,6 +110,11 @@ def test_an_empty_npy_is_named_as_empty(tmp_path):
         read_features(tmp_path / "empty.npy")
     with pytest.raises(KStarInputError, match="the file is empty"):
         read_labels(tmp_path / "empty.npy")
+    np.save(tmp_path / "objects.npy", np.array([[1, "a"], [2, "b"]], dtype=object), allow_pickle=True)
+    for read in (read_features, read_labels):  # numpy's remedy (allow_pickle) is never passed on
+        with pytest.raises(KStarInputError, match="holds Python objects .* never loads pickled objects") as found:
+            read(tmp_path / "objects.npy")
+        assert "allow_pickle" not in str(found.value)
 
 
 def test_seeds_beyond_32_bits_are_refused_before_any_work(data, capsys):
@@ -154,3 +159,11 @@ def test_a_byte_order_mark_is_not_a_header_and_class_names_must_differ(tmp_path)
     (folder / "classes.json").write_text('["cat", "cat"]')
     with pytest.raises(KStarInputError, match="names several classes 'cat'; class names must differ"):
         read_labels(folder)
+
+
+def test_a_compute_that_fails_on_its_input_leaves_no_out_folder(data, capsys):
+    folder, _, _ = data
+    np.save(folder / "y.npy", np.array([0, 1]))  # 2 labels for 30 samples
+    assert _compute(folder, folder / "new" / "out") == 2
+    assert "labels" in capsys.readouterr().err
+    assert not (folder / "new").exists()

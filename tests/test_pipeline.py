@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -67,7 +68,7 @@ def test_grid_has_one_kstar_task_per_model_and_data_set():
         {t.key for t in tasks if t.kind == "kstar"})
 
 
-def test_figure_twos_pair_must_name_two_models_of_the_profile():
+def test_figure_twos_pair_must_name_two_models_of_the_profile(tmp_path):
     """A typo in compare: would silently drop Figure 2; the grid refuses it with the ids it could name."""
     from kstar_utils.errors import ProfileError
 
@@ -81,6 +82,10 @@ def test_figure_twos_pair_must_name_two_models_of_the_profile():
             build_grid(smoke.replace(compare=compare))
     assert build_grid(smoke.replace(compare=()))  # no Figure 2 pair is allowed
     assert build_grid(smoke.replace(compare=("standard-s0",)))  # one model: Figure 2's page says it has no pair
+    mine = tmp_path / "mine.yaml"  # a user's profile file is named, so the line to fix can be found
+    mine.write_text("extends: smoke\ncompare: [standard-s0, nope]\n")
+    with pytest.raises(ProfileError, match=re.escape(f"({mine}): compare names 'nope'")):
+        build_grid(load_profile(mine))
 
 
 def test_local_cluster_with_two_workers_gives_the_in_process_tables(shared, inprocess):
@@ -218,3 +223,25 @@ def test_a_failing_task_is_recorded_and_the_others_complete(shared, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["counts"]["failed"] == 1 and summary["failed"][0]["model"] == "Standard/Linf"
     assert len(pd.read_csv(out / "robustness.csv")) == 4  # the zoo's four robustness points survive
+
+
+def test_table_one_keeps_a_configurations_seeds_together():
+    """Summary rows come seed-major from the grid; Table 1 shows each configuration's seeds together, in seed order,
+    configurations in first-seen order, and models without a configuration where they were."""
+    from kstar_utils.pipeline.aggregate import by_config_then_seed, summary_table
+
+    models = [("standard-s0", "standard", 0), ("pgd-s0", "pgd", 0), ("rb-a", None, None),
+              ("standard-s1", "standard", 1), ("pgd-s1", "pgd", 1), ("rb-b", None, None)]
+    robustness = pd.DataFrame([{"model": m, "label": m, "config": c, "seed": s, "threat_model": "Linf",
+                                "gamma": 0.1, "gamma_lo": 0.0, "gamma_hi": 0.2, "gamma_prime": 0.1,
+                                "gamma_prime_lo": 0.0, "gamma_prime_hi": 0.2, "fractured": 1, "overlapped": 1,
+                                "clustered": 0, "latent_1nn_accuracy": 0.9, "clean_accuracy": 0.8,
+                                "robust_accuracy": 0.5} for m, c, s in models])
+    table = summary_table(robustness, pd.DataFrame())
+    assert list(table["model"]) == ["standard-s0", "standard-s1", "pgd-s0", "pgd-s1", "rb-a", "rb-b"]
+    assert "config" not in table and "seed" not in table  # only the order changes
+    # seeds sort as numbers, and a table without configurations is left alone
+    info = pd.DataFrame({"model": ["a-s10", "a-s2"], "config": ["a", "a"], "seed": [10, 2]})
+    assert list(by_config_then_seed(pd.DataFrame({"model": ["a-s10", "a-s2"]}), info)["model"]) == ["a-s2", "a-s10"]
+    plain = pd.DataFrame({"model": ["z", "y"]})
+    assert list(by_config_then_seed(plain, pd.DataFrame({"model": ["z", "y"]}))["model"]) == ["z", "y"]

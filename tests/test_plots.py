@@ -301,6 +301,29 @@ def test_gamma_heatmap_never_prints_negative_zero():
     assert "0.00\n[0.0, 0.2]" in texts and not any("-0.0" in t for t in texts)
 
 
+def test_gamma_heatmap_colours_name_the_region_of_each_cell():
+    """Overlapped cells share one pale red (the scatters' red region), with sharp steps at +-t to green and blue."""
+    from matplotlib.colors import to_rgb
+
+    cmap = plots.gamma_colormap(threshold=0.5, limit=2.0)
+
+    def colour(v: float) -> tuple:
+        return tuple(round(c, 2) for c in cmap((v + 2.0) / 4.0)[:3])
+
+    pale_red = tuple(round(c, 2) for c in to_rgb(plots.HEATMAP_OVERLAPPED))
+    assert colour(-0.49) == colour(0.0) == colour(0.49) == pale_red
+    below, above = colour(-0.52), colour(0.52)
+    assert below[1] > below[0] and below[1] > below[2]  # green: clustered
+    assert above[2] > above[0] and above[2] > above[1]  # blue: fractured
+    assert sum(colour(-2.0)) < sum(below) and sum(colour(2.0)) < sum(above)  # darker away from the band
+    fig = plots.gamma_heatmap(pd.DataFrame({"model": ["a", "b", "c"], "data": "clean",
+                                            "gamma_prime": [-1.5, 0.1, 1.5]}))
+    image = fig.axes[0].images[0]
+    rgb = [tuple(round(c, 2) for c in image.cmap(image.norm(v))[:3]) for v in (-1.5, 0.1, 1.5)]
+    assert rgb[1] == pale_red and rgb[0] != pale_red and rgb[2] != pale_red
+    assert "pale red overlapped" in plots.alt_text(fig)
+
+
 def test_gamma_lines_draws_one_line_per_model_with_chance_marks():
     table = _openclip_table()
     fig = plots.gamma_lines(table, chance=0.1)

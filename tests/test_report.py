@@ -131,8 +131,9 @@ def test_index_states_verdicts_rule_caveats_and_links_every_model(report):
     for m in models:
         assert f'href="model--{m["id"]}.html"' in text
     for page in model_pages:
-        parsed = _parse(page)
-        assert "accuracy" in parsed.title, parsed.title  # each page names its model and accuracies
+        parsed = _parse(page)  # each page names its model in the heading and its accuracies below it
+        label = next(m["label"] for m in models if page.name == f'model--{m["id"]}.html')
+        assert parsed.title == label and "accuracy" in page.read_text().split("</h1>", 1)[1].split("</p>", 1)[0].lower()
     table = (site / "05_summary_table.html").read_text()
     assert 'href="model--standard-s0.html"' in table
     counts = summary["counts"]
@@ -161,6 +162,9 @@ def test_gallery_renders_for_a_zoo_model(report):
     page = (report.parent / "model--pgd-linf-0.1-s0.html").read_text()
     assert "What splits a concept" in page
     assert page.count("<img") == 2
+    # a short heading (the label), the accuracies with their intervals on the line below it
+    assert "<h1>PGD Linf eps=0.1, seed 0</h1>" in page
+    assert re.search(r'<p class="subtitle">Clean accuracy [0-9.]+ \[[0-9.]+, [0-9.]+\]; Linf robust accuracy', page)
 
 
 def test_report_folder_is_the_tools_own(report, env, tmp_path):
@@ -335,6 +339,18 @@ def test_footer_parameters_read_as_prose_not_python_reprs():
     assert plain(["noise", "blur"]) == "noise, blur" and plain((0.02, 0.035)) == "0.02, 0.035"
     assert plain({"compute": 0, "training": [0, 1, 2]}) == "compute 0, training 0, 1, 2"
     assert plain([]) == "none" and plain(0.100) == "0.1" and plain("x") == "x"
+
+
+def test_footer_names_the_machines_the_models_were_trained_on():
+    """A zoo model trained on CPU differs between instruction sets and thread counts: the footer says where."""
+    from kstar_utils.plumbing import cpu_rounding
+    from kstar_utils.report.render import footer
+
+    summary = {"profile": "p", "trained_on": {"x86_64 AVX512, 2 threads": 59, "not recorded": 1}}
+    rows = dict(footer(summary))
+    assert rows["models trained on"] == "x86_64 AVX512, 2 threads (59 models); not recorded (1 model)"
+    assert "models trained on" not in dict(footer({"profile": "p"}))  # nothing trained, nothing said
+    assert re.fullmatch(r"\S+ [A-Z0-9_]+, (1 thread|\d+ threads)", cpu_rounding())
 
 
 def test_tables_have_readable_headers_no_negative_zero_and_explain_the_dash():

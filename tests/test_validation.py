@@ -132,8 +132,11 @@ def test_an_out_folder_that_cannot_be_written_is_refused_before_any_work(tmp_pat
 
     with pytest.raises(KStarInputError, match="cannot be written"):
         check_output_folder("/proc/kstar-out")
-    assert check_output_folder(tmp_path / "new" / "out").is_dir()
-    assert not list((tmp_path / "new" / "out").iterdir())  # the probe file is gone
+    assert check_output_folder(tmp_path / "new" / "out") == tmp_path / "new" / "out"
+    assert not (tmp_path / "new").exists()  # the check made and removed it: a failed run leaves no empty folder
+    (tmp_path / "kept").mkdir()
+    check_output_folder(tmp_path / "kept" / "a" / "b")
+    assert list(tmp_path.iterdir()) == [tmp_path / "kept"] and not list((tmp_path / "kept").iterdir())
 
 
 def test_swapped_features_and_labels_are_named():

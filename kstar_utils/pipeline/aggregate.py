@@ -73,11 +73,11 @@ def _accuracy_columns(prefix: str, accuracy: float | None, n: int | None) -> dic
 
 def collect_tables(profile: Profile, store: ResultStore, tasks: list[Task] | None = None) -> dict[str, Any]:
     """Read every result of ``profile``'s grid into DataFrames (missing and failed tasks leave their rows out and are
-    listed in ``failed``)."""
+    listed in ``failed``), and count the zoo models trained on each machine (``trained_on``)."""
     tasks = tasks if tasks is not None else build_grid(profile)
     records = {t.key: store.read(t.key) for t in tasks}
     evaluations = {t.model.id: records[t.key]["result"] for t in tasks if t.kind == "evaluate" and records[t.key]}
-    robust_rows, general_rows, kstar_files, failed = [], [], {}, []
+    robust_rows, general_rows, kstar_files, failed, trained_on = [], [], {}, [], {}
     for task in tasks:
         record = records[task.key]
         if record is None:
@@ -85,6 +85,9 @@ def collect_tables(profile: Profile, store: ResultStore, tasks: list[Task] | Non
             failed.append({"task": task.title, "model": task.model.id, "data": task.data.id if task.data else "",
                            "kind": task.kind, "error": failure["error"] if failure else "not computed"})
             continue
+        if task.kind == "train":
+            machine = record["result"].get("machine") or "not recorded"
+            trained_on[machine] = trained_on.get(machine, 0) + 1
         if task.kind != "kstar":
             continue
         result, model, data = record["result"], task.model, task.data
@@ -104,7 +107,7 @@ def collect_tables(profile: Profile, store: ResultStore, tasks: list[Task] | Non
     robustness = pd.DataFrame(robust_rows)
     generalisation = pd.DataFrame(general_rows)
     return {"robustness": robustness, "generalisation": generalisation, "failed": pd.DataFrame(failed),
-            "kstar": kstar_files, "table": summary_table(robustness, generalisation)}
+            "kstar": kstar_files, "table": summary_table(robustness, generalisation), "trained_on": trained_on}
 
 
 def _info_columns(model) -> dict:
@@ -178,7 +181,24 @@ def summary_table(robustness: pd.DataFrame, generalisation: pd.DataFrame) -> pd.
             for model, acc in shifted.groupby("model")["accuracy"].mean().items():
                 if model in rows:
                     rows[model]["mean_shifted_accuracy"] = acc
-    return pd.DataFrame(list(rows.values()))
+    return by_config_then_seed(pd.DataFrame(list(rows.values())), pd.concat([robustness, generalisation]))
+
+
+def by_config_then_seed(table: pd.DataFrame, info: pd.DataFrame) -> pd.DataFrame:
+    """``table``'s rows with each configuration's seeds together and in seed order (the grid runs seed by seed, which
+    scattered a configuration's three rows over the table), configurations in their first-seen order. ``info`` gives
+    each ``model``'s ``config`` and ``seed``; models without a configuration (RobustBench, OpenCLIP) keep their place."""
+    if table.empty or not {"model", "config", "seed"} <= set(info.columns):
+        return table
+    first = info.drop_duplicates("model").set_index("model")
+    config, seed = table["model"].map(first["config"]), table["model"].map(first["seed"])
+    group = [str(c) if pd.notna(c) else f"\0{m}" for c, m in zip(config, table["model"])]
+    group_rank = {g: i for i, g in enumerate(dict.fromkeys(group))}
+    keys = pd.DataFrame({"group": [group_rank[g] for g in group],
+                         "seed": pd.to_numeric(seed, errors="coerce").fillna(0).to_numpy(),
+                         "place": range(len(table))})
+    order = keys.sort_values(["group", "seed", "place"]).index
+    return table.iloc[order].reset_index(drop=True)
 
 
 def aggregate(profile: Profile, store_root: str | Path, out_dir: str | Path) -> Path:
@@ -217,7 +237,7 @@ def aggregate(profile: Profile, store_root: str | Path, out_dir: str | Path) -> 
                     "results": kstar_files.get(m.id, [])} for m in models.values()],
         "failed": parts["failed"].to_dict(orient="records"),
         "counts": {"tasks": len(tasks), "failed": len(parts["failed"])},
-        "shifts": _shift_descriptions(profile),
+        "shifts": _shift_descriptions(profile), "trained_on": parts["trained_on"],
         "data_hash": stable_hash([(d, i) for _, d, i in selection])[:16], **claims,
     }
     write_json(out / "summary.json", summary)

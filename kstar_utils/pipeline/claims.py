@@ -206,6 +206,14 @@ def caveats(profile: Profile, robustness: pd.DataFrame, generalisation: pd.DataF
         attack = ("AutoAttack's standard version" if z.attack_version == "standard" else
                   f"AutoAttack's {z.attack_version.replace('+', ' and ')} (at the standard version's settings; the "
                   "full standard version can only give equal or lower robust accuracy)")
+        out.append("Another machine trains other models: the zoo is trained on CPU where the report is built, and "
+                   "float32 training rounds differently under another instruction set or thread count, so a rebuild "
+                   "elsewhere gives somewhat different per-model numbers (the footer names where these models were "
+                   "trained; README's \"What the built-in study finds\" measures one such rebuild). "
+                   + ("The spread over training seeds is the fair guide to how far that moves a model, and the claims' "
+                      "intervals, which resample whole configurations with their seeds, include it."
+                      if len(z.seeds) > 1 else
+                      "With one seed per configuration, nothing here measures how far that moves a model."))
         out.append(f"Attack sample size: robust accuracy is {attack} on {z.attack_samples} test images per model, good "
                    f"to about +-{100 * 1.96 * math.sqrt(0.25 / z.attack_samples):.0f} points (95%, worst case); the "
                    "Wilson intervals are drawn as error bars.")
@@ -224,9 +232,10 @@ def caveats(profile: Profile, robustness: pd.DataFrame, generalisation: pd.DataF
                    "alike. Gamma (the skew of all samples pooled) is shown in the tables but not tested; it can rank "
                    "models differently, since one large or extreme class moves it more.")
     out.append("The 1-NN identity: on data without distance ties the fraction of samples with k* >= 2 equals the "
-               "leave-one-out 1-NN accuracy of the latent space (SPEC), so part of any relation between Gamma' and "
-               "accuracy is built into the metric; each claim is therefore also tested as a partial correlation "
-               "controlling for latent 1-NN accuracy, reported beside it." + _identity_results(evidence_rows or []))
+               "leave-one-out 1-NN accuracy of the latent space (k* >= 2 says that the sample's nearest neighbour is "
+               "of its own class), so part of any relation between Gamma' and accuracy is built into the metric; each "
+               "claim is therefore also tested as a partial correlation controlling for latent 1-NN accuracy, "
+               "reported beside it." + _identity_results(evidence_rows or []))
     confound = _clean_confound(generalisation, evidence_rows or [])
     if confound:
         out.append(confound)

@@ -107,13 +107,13 @@ def build_grid(profile: Profile) -> list[Task]:
         tasks += _openclip_tasks(profile)
     keys = [t.key for t in tasks]
     if len(set(keys)) != len(keys):  # pragma: no cover - a profile listing one model twice
-        raise ProfileError(f"profile {profile.name} lists a model twice; give each model once.")
+        raise ProfileError(f"profile {profile.name} ({profile.origin}) lists a model twice; give each model once.")
     ids = list(dict.fromkeys(t.model.id for t in tasks))
     unknown = [m for m in profile.compare if m not in ids]
     if unknown or len(profile.compare) > 2:  # one model draws no Figure 2, and the page says so
         why = f"names {', '.join(map(repr, unknown))}, not a model of this profile" if unknown else \
             f"lists {len(profile.compare)} models"
-        raise ProfileError(f"profile {profile.name}: compare {why}; give two model ids for Figure 2, e.g. "
+        raise ProfileError(f"profile {profile.name} ({profile.origin}): compare {why}; give two model ids for Figure 2, e.g. "
                            f"{', '.join(ids[:4])}" + (" ..." if len(ids) > 4 else "") + ".")
     return tasks
 
@@ -215,7 +215,7 @@ def _zoo_net(task: Task):
 
 def _run_train(task: Task, store: ResultStore) -> dict:
     _, folder, meta = _zoo_net(task)
-    return {"folder": str(folder), "train_seconds": meta.get("train_seconds")}
+    return {"folder": str(folder), "train_seconds": meta.get("train_seconds"), "machine": meta.get("machine")}
 
 
 def _run_evaluate(task: Task, store: ResultStore) -> dict:

@@ -304,9 +304,11 @@ def show_model(results: Results, model_id: str) -> None:
     """The sections of a model's page, in the notebook."""
     from IPython.display import HTML, display
 
-    from .pages import model_sections, model_title
+    from .pages import model_accuracies, model_sections, model_title
 
     show_markdown("## {title}", title=model_title(results, model_id))
+    if model_accuracies(results, model_id):
+        show_markdown("{accuracies}.", accuracies=model_accuracies(results, model_id))
     for section in model_sections(results, model_id):
         show_markdown("### {heading}", heading=section["heading"])
         if section.get("text"):

@@ -33,9 +33,14 @@ def _ci(value: float, lo: float, hi: float, digits: int = 2) -> str:
 
 
 def model_title(results: Results, model_id: str) -> str:
-    """The model's label and its accuracies (with 95% intervals), for the page title."""
-    model = results.model(model_id)
-    parts = [model["label"]]
+    """The model's page title: its label alone (the accuracies follow in :func:`model_accuracies`, below the heading,
+    where a long line of numbers does not make a three-line H1)."""
+    return str(results.model(model_id)["label"])
+
+
+def model_accuracies(results: Results, model_id: str) -> str:
+    """The model's accuracies with their 95% intervals, one clause each ("" when none was measured)."""
+    parts = []
     rob = results.table("robustness")
     rows = rob[rob["model"] == model_id] if not rob.empty else rob
     if len(rows):
@@ -52,7 +57,8 @@ def model_title(results: Results, model_id: str) -> str:
         if len(rows):
             r = rows.iloc[0]
             parts.append(f"accuracy on {r['data']} {_ci(r['accuracy'], r['accuracy_lo'], r['accuracy_hi'])}")
-    return "; ".join(parts)
+    text = "; ".join(parts)
+    return text[:1].upper() + text[1:]
 
 
 def model_sections(results: Results, model_id: str) -> list[dict]:
@@ -84,7 +90,9 @@ def model_sections(results: Results, model_id: str) -> list[dict]:
                          "text": "For the three classes with the largest skew (the most fractured first; each panel "
                                  "names its class's pattern, which may be overlapped or clustered when few classes "
                                  "are fractured), the evaluated images with the smallest k* (left of each pair) "
-                                 "beside their nearest neighbour from another class (right)."})
+                                 "beside their nearest neighbour from another class (right). Where more images share "
+                                 "the smallest k* than a row holds (often many at k* = 1), the first in the "
+                                 "evaluated set's order are shown, so the row is an example, not the worst case."})
     elif images is None:
         sections.append({"heading": "What splits a concept", "text": "The evaluated images are not on this "
                          "machine (the data set was not found), so the gallery of fractured samples is not shown."})
@@ -119,7 +127,7 @@ def render_model_page(results_dir: str | os.PathLike, model_id: str, out_dir: st
     files = [(f"results/{e['file']}", f"k* result on {e['data']} (JSON)") for e in results.model(model_id)["results"]]
     write_page(Path(out_dir) / name, "model.html.j2", model_title(results, model_id), results.summary,
                sources=files + [("results/summary_table.csv", "Table 1 (CSV)")], lead=summary,
-               sections=model_sections(results, model_id))
+               accuracies=model_accuracies(results, model_id), sections=model_sections(results, model_id))
     return name
 
 

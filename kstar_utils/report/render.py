@@ -171,6 +171,8 @@ def footer(summary: dict) -> list[tuple[str, str]]:
         ("seeds", "; ".join(f"{k} {plain(v)}" for k, v in summary["seeds"].items()) if summary.get("seeds")
          else MISSING),
         ("data hash", summary.get("data_hash", MISSING)),
+        *([("models trained on", "; ".join(f"{machine} ({count} model{'' if count == 1 else 's'})" for machine, count
+                                           in summary["trained_on"].items()))] if summary.get("trained_on") else []),
         ("git commit", git_commit()),
         ("versions", ", ".join(f"{k} {v}" for k, v in libs.items() if v)),
         ("results computed", summary.get("created", MISSING)),

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from ..pipeline.profiles import ZooSection
-from ..plumbing import default_zoo_dir, sha256_array
+from ..plumbing import cpu_rounding, default_zoo_dir, sha256_array
 from .data import load_tensors
 from .train import ZooModelSpec, load_trained, save_trained, train_model
 
@@ -113,7 +113,8 @@ def ensure_trained(spec: ZooModelSpec, zoo_dir: str | Path | None = None, data_r
         x, y = load_tensors(spec.dataset, "train", data_root)
         start = time.perf_counter()
         model = train_model(spec, x, y, folder, progress=progress)
-        save_trained(folder, model, spec, {"train_seconds": round(time.perf_counter() - start, 2)})
+        save_trained(folder, model, spec, {"train_seconds": round(time.perf_counter() - start, 2),
+                                           "machine": cpu_rounding()})
     return model, folder, json.loads((folder / "meta.json").read_text())
 
 
