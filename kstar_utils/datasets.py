@@ -348,11 +348,17 @@ def _ensure_torchvision() -> None:
         DATASETS.update(_make_torchvision_registry())
 
 
+def canonical_dataset_name(name: str) -> str | None:
+    """The registered name ``name`` stands for ("CIFAR-10" -> "cifar10"), or None when no data set has it."""
+    _ensure_torchvision()
+    key = _ALIASES.get(str(name).lower(), str(name).lower())
+    return key if key in DATASETS else None
+
+
 def open_dataset(name: str, root: str | os.PathLike | None = None, split: str = "test") -> LabelledImages:
     """Open data set ``name`` (see :func:`dataset_names`) from ``root`` for ``split`` ('train' or 'test')."""
-    _ensure_torchvision()
-    key = _ALIASES.get(name.lower(), name.lower())
-    if key not in DATASETS:
+    key = canonical_dataset_name(name)
+    if key is None:
         raise KStarInputError(f"unknown data set {name!r}; choose from {', '.join(sorted(DATASETS))}.")
     return DATASETS[key](root, split)
 

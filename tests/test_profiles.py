@@ -74,6 +74,10 @@ BAD = [
     ("robustbench:\n  models:\n    - {name: X, threat_model: Linf}\n  per_class: -3\n",
      "robustbench.per_class is -3; it must be at least 1"),
     ("openclip:\n  models: []\n  datasets: [cifar10]\n", "openclip.models is empty"),
+    ("robustbench:\n  models:\n    - {name: X, threat_model: Linf}\n  dataset: cifar11\n",
+     "robustbench.dataset is 'cifar11'; RobustBench's data sets are cifar10, cifar100 and imagenet"),
+    ("openclip:\n  models:\n    - {name: RN50, pretrained: openai}\n  datasets: [CIFAR-10, imagenette]\n",
+     "openclip.datasets names 'imagenette', not a data set kstar knows; choose from .*cifar10"),
 ]
 
 

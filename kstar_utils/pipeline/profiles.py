@@ -157,6 +157,11 @@ class RobustBenchSection:
     def __post_init__(self) -> None:
         if not self.models:
             raise ProfileError("robustbench.models is empty: list at least one model, or drop the section.")
+        from ..sources.robustbench import DATASETS as ROBUSTBENCH_DATASETS  # checked now, not as 100 failed tasks
+
+        if self.dataset.lower() not in ROBUSTBENCH_DATASETS:
+            raise ProfileError(f"robustbench.dataset is {self.dataset!r}; RobustBench's data sets are cifar10, "
+                               "cifar100 and imagenet.")
         if self.per_class is not None:
             _at_least("robustbench.per_class", self.per_class, 1)
 
@@ -187,6 +192,13 @@ class OpenCLIPSection:
             raise ProfileError("openclip.models is empty: list at least one model, or drop the section.")
         if not self.datasets:
             raise ProfileError("openclip.datasets is empty: list at least one data set, or drop the section.")
+        from ..datasets import canonical_dataset_name, dataset_names  # checked now, not as failed tasks
+
+        unknown = [d for d in self.datasets if canonical_dataset_name(d) is None]
+        if unknown:
+            raise ProfileError(f"openclip.datasets names {', '.join(map(repr, unknown))}, not a data set kstar knows; "
+                               f"choose from {', '.join(dataset_names())} (or register your own with "
+                               "kstar_utils.datasets.register_dataset before loading the profile).")
         if self.per_class is not None:
             _at_least("openclip.per_class", self.per_class, 1)
 
