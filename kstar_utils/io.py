@@ -54,7 +54,7 @@ def _read_table(path: Path) -> pd.DataFrame:
     def split(line: str) -> list[str]:
         return [c.strip() for c in (line.split() if sep == r"\s+" else line.split(sep))]
 
-    decimal = "," if sep != "," and any("," in c for c in split(raw) + split(second)) else "."
+    decimal = "," if sep != "," and any(_DECIMAL_COMMA.fullmatch(c) for c in split(raw) + split(second)) else "."
     cells = [c.replace(",", ".") if decimal == "," else c for c in split(raw)]
     if len(cells) > 1 and cells[0] == "" and all(cells[1:]):
         raise KStarInputError(
@@ -78,6 +78,9 @@ def _read_table(path: Path) -> pd.DataFrame:
                 "index (DataFrame.to_csv writes one unless index=False); read as a feature it would change every "
                 "distance. Save with index=False, or remove that column.")
     return table
+
+
+_DECIMAL_COMMA = re.compile(r"[+-]?[0-9]*,[0-9]+(?:[eE][+-]?[0-9]+)?")  # "1,5", "-0,25", ",5", "1,5e-3"
 
 
 def _separator(first_line: str) -> str | None:
@@ -117,8 +120,7 @@ def _read_error(p: Path, err: BaseException) -> str:
     except OSError:
         pass
     if "allow_pickle" in str(err):
-        return ("it holds Python objects (a pickled object array), and kstar never loads pickled objects; save "
-                "plain numbers or strings instead")
+        return "it holds Python objects (a pickled object array), and kstar never loads pickled objects"
     return (str(err) or type(err).__name__).rstrip(".")
 
 
@@ -151,7 +153,8 @@ def read_features(path: str | os.PathLike, labels_in_file: bool = False) -> np.n
     except (ValueError, OSError, EOFError) as err:
         if isinstance(err, KStarInputError):
             raise
-        advice = " (np.save(path, np.asarray(features, dtype=np.float32)))" if "allow_pickle" in str(err) else ""
+        advice = "; save plain numbers (np.save(path, np.asarray(features, dtype=np.float32)))" \
+            if "allow_pickle" in str(err) else ""
         raise KStarInputError(f"cannot read features from {p}: {_read_error(p, err)}{advice}.") from None
     named = [c for c in table.columns if str(c).lower() in LABEL_COLUMNS]
     if labels_in_file:

@@ -403,9 +403,10 @@ def _fmt_gamma(v: float) -> str:
 
 # ---------------------------------------------------------------------------------------------------- Figure 2
 def kstar_distributions(result: KStarResult, ax: plt.Axes | None = None, title: str | None = None,
-                        max_classes: int | None = None) -> Figure:
+                        max_classes: int | None = None, compact: bool = False) -> Figure:
     """Per-class k* distributions (Figure 2): horizontal violins with a boxen plot inside, x from 0 to 1, a star at
-    the class mean, and the skew with the pattern beside each class."""
+    the class mean, and the skew with the pattern beside each class. ``compact`` (a panel of a pair) writes the skew
+    and the pattern's initial ("-0.81 C") and only Gamma' in the title, so that two panels fit one figure's width."""
     import seaborn as sns
 
     table = result.per_class.copy()
@@ -427,15 +428,19 @@ def kstar_distributions(result: KStarResult, ax: plt.Axes | None = None, title: 
     ax.scatter(table["mean"], range(len(labels)), marker="*", s=140, color="gold", edgecolor="black", zorder=5,
                label="mean")
     for i, (skew, pattern) in enumerate(zip(table["skew"], table["pattern"])):
-        ax.text(1.02, i, f"{_skew_text(skew)}, {pattern}", va="center", fontsize=SMALL,
-                transform=ax.get_yaxis_transform())
+        text = f"{_skew_text(skew).removeprefix('skew ')} {str(pattern)[0]}" if compact else \
+            f"{_skew_text(skew)}, {pattern}"
+        ax.text(1.02, i, text, va="center", fontsize=SMALL, transform=ax.get_yaxis_transform())
     ax.set_xlim(0, 1)
     ax.set_xlabel("normalised k* (k* / n_c)")
     ax.set_ylabel("class")
-    gammas = (f"Gamma = {_fmt_gamma(result.gamma_true)}{_interval_text(result, 'gamma')}, "
-              f"Gamma' = {_num(result.gamma_approx)}{_interval_text(result, 'gamma_prime')}")
-    if _interval_text(result, "gamma_prime"):
-        gammas += " (95% bootstrap intervals)"
+    if compact:
+        gammas = f"Gamma' = {_num(result.gamma_approx)}{_interval_text(result, 'gamma_prime')}"
+    else:
+        gammas = (f"Gamma = {_fmt_gamma(result.gamma_true)}{_interval_text(result, 'gamma')}, "
+                  f"Gamma' = {_num(result.gamma_approx)}{_interval_text(result, 'gamma_prime')}")
+        if _interval_text(result, "gamma_prime"):
+            gammas += " (95% bootstrap intervals)"
     ax.set_title(f"{title}\n{gammas}" if title else f"k* distributions: {gammas}", fontsize=FONT)
     _style_axes(ax)
     counts = metrics.pattern_counts(table)
@@ -443,6 +448,27 @@ def kstar_distributions(result: KStarResult, ax: plt.Axes | None = None, title: 
                         f"violins on normalised k* from 0 to 1: {counts['Fractured']} fractured, "
                         f"{counts['Overlapped']} overlapped, {counts['Clustered']} clustered; Gamma' = "
                         f"{_num(result.gamma_approx)}.")
+
+
+def compare_distributions(first: KStarResult, second: KStarResult, titles: Sequence[str] = ("first", "second"),
+                          max_classes: int | None = None) -> Figure:
+    """Figure 2 as the paper sets it: two models' per-class k* distributions side by side, the classes in one order
+    on one shared axis, so that each concept reads across the pair (two figures one above the other made that a
+    scroll). Both results must describe the same classes, as two models on one evaluated set do."""
+    classes = [[str(v) for v in r.per_class["label"]] for r in (first, second)]
+    if classes[0] != classes[1]:
+        raise KStarInputError(f"compare_distributions needs two results on the same classes in the same order; got "
+                              f"{classes[0][:5]} and {classes[1][:5]} (compute both on one evaluated set).")
+    shown = len(classes[0]) if max_classes is None else min(max_classes, len(classes[0]))
+    fig = _new_figure(0.5 * shown + 2.0)
+    axes = fig.subplots(1, 2, sharey=True, gridspec_kw={"wspace": 0.3})
+    for ax, result, title in zip(axes, (first, second), titles):
+        kstar_distributions(result, ax=ax, title=textwrap.fill(str(title), 40), max_classes=max_classes,
+                            compact=True)
+    axes[1].set_ylabel("")
+    axes[1].tick_params(labelleft=False)
+    return _finish(fig, "The two panels share the class axis.", "Beside each class: its skew and pattern (F fractured, O overlapped, C clustered); the "
+                            "star is the class mean, the intervals are 95% bootstrap intervals.")
 
 
 def embedding_scatter(features: np.ndarray, labels: Sequence, method: str = "tsne", seed: int = 0,
@@ -1038,6 +1064,7 @@ __all__ = [
     "gamma_regions",
     "kstar_density",
     "kstar_distributions",
+    "compare_distributions",
     "most_fractured_classes",
     "overlapping_texts",
     "readability_problems",

@@ -604,3 +604,6 @@ def test_decimal_comma_tables_read_as_numbers(tmp_path):
     assert np.array_equal(read_features(tmp_path / "tabs.csv"), x)  # no header: the first row is a sample
     (tmp_path / "plain.csv").write_text("\n".join(",".join(str(v) for v in row) for row in x))
     assert np.array_equal(read_features(tmp_path / "plain.csv"), x)
+    named = "pc,1\tpc,2\n" + "\n".join("\t".join(str(v) for v in row) for row in x)  # commas in names only
+    (tmp_path / "named.tsv.csv").write_text(named)
+    assert np.array_equal(read_features(tmp_path / "named.tsv.csv"), x)

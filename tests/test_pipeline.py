@@ -243,5 +243,9 @@ def test_table_one_keeps_a_configurations_seeds_together():
     # seeds sort as numbers, and a table without configurations is left alone
     info = pd.DataFrame({"model": ["a-s10", "a-s2"], "config": ["a", "a"], "seed": [10, 2]})
     assert list(by_config_then_seed(pd.DataFrame({"model": ["a-s10", "a-s2"]}), info)["model"]) == ["a-s2", "a-s10"]
+    rows = pd.DataFrame({"model": ["a-s1", "a-s1", "a-s0", "a-s0"], "config": "a", "seed": [1, 1, 0, 0],
+                         "data": ["clean", "noise", "clean", "noise"]})  # one model's rows keep their order
+    assert list(by_config_then_seed(rows, rows)["data"]) == ["clean", "noise", "clean", "noise"]
+    assert list(by_config_then_seed(rows, rows)["model"]) == ["a-s0", "a-s0", "a-s1", "a-s1"]
     plain = pd.DataFrame({"model": ["z", "y"]})
     assert list(by_config_then_seed(plain, pd.DataFrame({"model": ["z", "y"]}))["model"]) == ["z", "y"]

@@ -153,6 +153,24 @@ def test_kstar_distributions_and_tsne_are_readable(rng):
     assert "(A)" in plots.alt_text(fig3) and "(B)" in plots.alt_text(fig3)
 
 
+def test_compare_distributions_sets_two_models_side_by_side_on_one_class_axis(rng):
+    x, y = rng.normal(size=(240, 4)), np.repeat(np.arange(6), 40)
+    first = compute_kstar(x, y, bootstrap=50)
+    second = compute_kstar(x + 2.0 * np.eye(6)[y][:, :4], y, bootstrap=50)  # classes pulled apart: more clustered
+    fig = plots.compare_distributions(first, second, titles=["PGD L2 eps=0.5, seed 0", "PGD Linf eps=0.1, seed 0"])
+    _readable(fig)
+    left, right = fig.axes[:2]
+    assert left.get_shared_y_axes().joined(left, right)  # one class axis: a concept reads across the pair
+    assert [t.get_text() for t in left.get_yticklabels()] == [str(c) for c in range(6)]
+    assert "PGD L2 eps=0.5, seed 0" in left.get_title() and f"Gamma' = {first.gamma_approx:.2f}" in left.get_title()
+    beside = [t.get_text() for t in right.texts]
+    assert len(beside) == 6 and all(t.split()[-1] in "FOC" for t in beside)
+    assert "F fractured, O overlapped, C clustered" in plots.caption(fig)
+    assert "share the class axis" in plots.alt_text(fig)
+    with pytest.raises(KStarInputError, match="same classes"):
+        plots.compare_distributions(first, compute_kstar(x[:200], y[:200]))
+
+
 def test_kstar_distributions_show_bootstrap_intervals_when_present(rng):
     x = rng.normal(size=(60, 4)) + np.repeat(np.eye(4)[:2] * 2.0, 30, axis=0)
     result = compute_kstar(x, np.repeat([0, 1], 30), method="exact", device="cpu")

@@ -21,7 +21,7 @@ from kstar_utils.report import NOTEBOOKS, Results, build_report, notebooks_dir
 from kstar_utils.report.publish import MANIFEST
 
 pytestmark = pytest.mark.slow
-EXPECTED_FIGURES = {"01_framework": 2, "02_compare_models": 6, "03_robustness": 2, "04_generalisation": 4,
+EXPECTED_FIGURES = {"01_framework": 2, "02_compare_models": 5, "03_robustness": 2, "04_generalisation": 4,
                     "05_summary_table": 0}
 FOOTER_FIELDS = ("profile", "parameters", "seeds", "data hash", "git commit", "versions", "results computed")
 

@@ -104,8 +104,8 @@ def collect_tables(profile: Profile, store: ResultStore, tasks: list[Task] | Non
                 acc = _accuracy_columns("accuracy", _published_zeroshot(model, data), None)
             short = (data.shift or "clean") if model.source == "builtin" else data.dataset  # axis labels
             general_rows.append({**base, "data": data.id, "set": short, "shift": data.shift or "clean", **acc})
-    robustness = pd.DataFrame(robust_rows)
-    generalisation = pd.DataFrame(general_rows)
+    robustness = by_config_then_seed(pd.DataFrame(robust_rows), pd.DataFrame(robust_rows))
+    generalisation = by_config_then_seed(pd.DataFrame(general_rows), pd.DataFrame(general_rows))
     return {"robustness": robustness, "generalisation": generalisation, "failed": pd.DataFrame(failed),
             "kstar": kstar_files, "table": summary_table(robustness, generalisation), "trained_on": trained_on}
 
@@ -186,8 +186,9 @@ def summary_table(robustness: pd.DataFrame, generalisation: pd.DataFrame) -> pd.
 
 def by_config_then_seed(table: pd.DataFrame, info: pd.DataFrame) -> pd.DataFrame:
     """``table``'s rows with each configuration's seeds together and in seed order (the grid runs seed by seed, which
-    scattered a configuration's three rows over the table), configurations in their first-seen order. ``info`` gives
-    each ``model``'s ``config`` and ``seed``; models without a configuration (RobustBench, OpenCLIP) keep their place."""
+    scattered a configuration's three rows over every table and heatmap), configurations in their first-seen order;
+    the rows of one model keep their order. ``info`` gives each ``model``'s ``config`` and ``seed``; models without a
+    configuration (RobustBench, OpenCLIP) keep their place."""
     if table.empty or not {"model", "config", "seed"} <= set(info.columns):
         return table
     first = info.drop_duplicates("model").set_index("model")

@@ -113,8 +113,8 @@ def build_grid(profile: Profile) -> list[Task]:
     if unknown or len(profile.compare) > 2:  # one model draws no Figure 2, and the page says so
         why = f"names {', '.join(map(repr, unknown))}, not a model of this profile" if unknown else \
             f"lists {len(profile.compare)} models"
-        raise ProfileError(f"profile {profile.name} ({profile.origin}): compare {why}; give two model ids for Figure 2, e.g. "
-                           f"{', '.join(ids[:4])}" + (" ..." if len(ids) > 4 else "") + ".")
+        raise ProfileError(f"profile {profile.name} ({profile.origin}): compare {why}; give two model ids for "
+                           f"Figure 2, e.g. {', '.join(ids[:4])}" + (" ..." if len(ids) > 4 else "") + ".")
     return tasks
 
 
