@@ -467,8 +467,10 @@ def compare_distributions(first: KStarResult, second: KStarResult, titles: Seque
                             compact=True)
     axes[1].set_ylabel("")
     axes[1].tick_params(labelleft=False)
-    return _finish(fig, "The two panels share the class axis.", "Beside each class: its skew and pattern (F fractured, O overlapped, C clustered); the "
-                            "star is the class mean, the intervals are 95% bootstrap intervals.")
+    intervals = all(_interval_text(r, "gamma_prime") for r in (first, second))
+    return _finish(fig, "The two panels share the class axis.",
+                   "Beside each class: its skew and pattern (F fractured, O overlapped, C clustered); the star is the "
+                   "class mean" + ("; brackets: 95% bootstrap intervals." if intervals else "."))
 
 
 def embedding_scatter(features: np.ndarray, labels: Sequence, method: str = "tsne", seed: int = 0,

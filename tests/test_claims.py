@@ -234,9 +234,10 @@ def test_shifted_set_means_are_the_points_of_the_main_generalisation_test(profil
 
 def test_a_zoo_report_says_another_machine_trains_other_models(profile):
     rng = np.random.default_rng(5)
-    caveats = claims_summary(profile, robustness_table(rng), generalisation_table(rng, within_set_relation=1.0))["caveats"]
+    tables = robustness_table(rng), generalisation_table(rng, within_set_relation=1.0)
+    caveats = claims_summary(profile, *tables)["caveats"]
     machine = next(c for c in caveats if c.startswith("Another machine trains other models"))
     assert "footer names where" in machine and "resample whole configurations with their seeds" in machine
     one_seed = profile.replace(zoo=dataclasses.replace(profile.zoo, seeds=(0,)))
-    caveats = claims_summary(one_seed, robustness_table(rng), generalisation_table(rng, within_set_relation=1.0))["caveats"]
+    caveats = claims_summary(one_seed, *tables)["caveats"]
     assert "nothing here measures how far" in next(c for c in caveats if c.startswith("Another machine"))
