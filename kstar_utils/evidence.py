@@ -468,6 +468,13 @@ def _p_is(p: float) -> str:
     return f"p {text}" if text.startswith("<") else f"p = {text}"
 
 
+def evidence_brief(evidence: Evidence) -> str:
+    """rho, its interval and p in one short line ("rho = -0.88 [-0.93, -0.49], p = 0.003"), for a small panel's
+    title; :func:`evidence_numbers` gives n, the units and what p tested."""
+    lo, hi = evidence.ci
+    return f"rho = {format_number(evidence.rho)} [{format_number(lo)}, {format_number(hi)}], {_p_is(evidence.p_value)}"
+
+
 def evidence_numbers(evidence: Evidence, short: bool = False) -> str:
     """The numbers of a piece of evidence in one parenthesis: rho, interval, p, n and units (``short``: "p" without
     naming the permutation test, for figure titles).

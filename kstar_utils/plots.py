@@ -612,7 +612,7 @@ def gamma_regions(frame: pd.DataFrame, x: str, y: str = "gamma_prime", hue: str 
                   xlabel: str | None = None, title: str | None = None, ax: plt.Axes | None = None,
                   yerr: Any = "auto", xerr: Any = "auto", n: str | int | None = None, config: str | None = None,
                   units: str | None = None, stats: bool = True, max_labels: int = 16, n_boot: int = 2000,
-                  seed: int = 0, crowded_groups: int = 3) -> Figure:
+                  seed: int = 0, crowded_groups: int = 3, legend: bool = True, short_title: bool = False) -> Figure:
     """Gamma' of each model against an accuracy (Figures 3 and 4), on the blue/red/green regions.
 
     * Error bars: y from ``{y}_lo``/``{y}_hi`` (bootstrap interval of Gamma'), x from ``{x}_lo``/``{x}_hi`` or, with
@@ -627,6 +627,8 @@ def gamma_regions(frame: pd.DataFrame, x: str, y: str = "gamma_prime", hue: str 
       ``crowded_groups`` groups or more these lines move to the caption (:func:`caption`), which would otherwise
       squeeze the plot, and at most half of ``max_labels`` points are named.
     * ``label``: names in a column beside the plot with leader lines (at most ``max_labels``, the most extreme).
+    * ``legend=False`` and ``short_title=True`` make a panel of :func:`gamma_regions_by`: no figure legend, and the
+      title gives rho, its interval and p only (the full statistics go to the caption).
     """
     if x not in frame or y not in frame:
         raise KStarInputError(f"gamma_regions needs columns {x!r} and {y!r}; the table has {list(frame.columns)}.")
@@ -694,8 +696,10 @@ def gamma_regions(frame: pd.DataFrame, x: str, y: str = "gamma_prime", hue: str 
             prefix = f"{name}: " if hue else ""
             if ev.n >= 3 and np.isfinite(ev.rho):
                 stat_lines.append(prefix + evidence.evidence_numbers(ev, short=True))
+                brief = evidence.evidence_brief(ev)
             else:
                 stat_lines.append(prefix + f"n = {ev.n} {unit_name}: too few for a correlation")
+                brief = f"n = {ev.n}: too few for a correlation"
     ax.set_xlabel(xlabel or x, fontsize=FONT)
     ax.set_ylabel("Gamma' (approximate skewness coefficient)", fontsize=FONT)
     if infinite:
@@ -711,11 +715,15 @@ def gamma_regions(frame: pd.DataFrame, x: str, y: str = "gamma_prime", hue: str 
     wrapped = [textwrap.fill(line, 100, subsequent_indent="    ") for line in stat_lines]
     if crowded and stat_lines:
         wrapped = [f"{len(groups)} {hue} groups: the statistics of each are in the caption"]
+    if short_title and stats and len(groups) == 1:
+        wrapped = [brief]
     ax.set_title("\n".join(([title] if title else []) + wrapped), fontsize=SMALL, loc="left")
-    handles, names = _region_handles()
-    point_handles, point_names = ax.get_legend_handles_labels()
-    fig.legend(handles + point_handles, names + point_names, loc="outside lower center", ncol=3, fontsize=SMALL,
-               frameon=False)
+    ax._kstar_statistics = stat_lines  # read by gamma_regions_by for its caption
+    if legend:
+        handles, names = _region_handles()
+        point_handles, point_names = ax.get_legend_handles_labels()
+        fig.legend(handles + point_handles, names + point_names, loc="outside lower center", ncol=3,
+                   fontsize=SMALL, frameon=False)
     _style_axes(ax, FONT)
     ax.title.set_fontsize(SMALL)
     _label_column(ax, chosen, x, y, "_label", SMALL)
@@ -735,6 +743,40 @@ def gamma_regions(frame: pd.DataFrame, x: str, y: str = "gamma_prime", hue: str 
              f"(Gamma' < -{threshold:g}, green).")
     statistics = [f"{line}." for line in stat_lines] if crowded else []
     return _finish(fig, alt, " ".join([bands] + [b[0].upper() + b[1:] + "." for b in bars] + statistics))
+
+
+def gamma_regions_by(frame: pd.DataFrame, x: str, by: str, y: str = "gamma_prime", columns: int = 3,
+                     title: str | None = None, **kwargs: Any) -> Figure:
+    """Small multiples of :func:`gamma_regions`: one panel per value of ``by`` (e.g. per data set), each with its
+    own correlation in its title, on one Gamma' scale. Where five groups in one scatter hid each other's points and
+    pushed their statistics out of the plot, each group now has its own panel; the full statistics are in the
+    caption. ``kwargs`` go to every panel (``config``, ``units``, ``xlabel``, ...)."""
+    if by not in frame:
+        raise KStarInputError(f"gamma_regions_by needs column {by!r}; the table has {list(frame.columns)}.")
+    groups = list(frame.groupby(by, sort=False))
+    columns = max(1, min(columns, len(groups)))
+    rows = math.ceil(len(groups) / columns)
+    fig = _new_figure(3.1 * rows + 1.5)
+    axes = np.atleast_1d(fig.subplots(rows, columns, sharey=True)).ravel()
+    kwargs = {"label": None, **kwargs, "legend": False, "short_title": True, "hue": None}
+    statistics, limits = [], []
+    for ax, (name, part) in zip(axes, groups):
+        gamma_regions(part, x, y=y, ax=ax, title=str(name), **kwargs)
+        limits.append(ax.get_ylim())  # each panel sets the shared scale to its own points: take the union after
+        statistics += [f"{name}: {line}." for line in getattr(ax, "_kstar_statistics", [])]
+        ax.set_ylabel("Gamma'" if ax in axes[::columns] else "", fontsize=FONT)
+    axes[0].set_ylim(min(lo for lo, _ in limits), max(hi for _, hi in limits))
+    for ax in axes[len(groups):]:
+        ax.axis("off")
+    handles, names = _region_handles()
+    point_handles, point_names = axes[0].get_legend_handles_labels()
+    fig.legend(handles + point_handles, names + point_names, loc="outside lower center", ncol=3, fontsize=SMALL,
+               frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=FONT + 1, x=0.01, ha="left")
+    return _finish(fig, f"One panel per {by} ({', '.join(str(n) for n, _ in groups)}), on one Gamma' scale.",
+                   " ".join([caption(fig) or "", "Each panel's title gives Spearman rho, its 95% interval and p; in "
+                             "full:"] + statistics))
 
 
 def _aggregate_cells(table: pd.DataFrame, keys: list[str], value: str, extra: list[str]) -> pd.DataFrame:
@@ -1064,6 +1106,7 @@ __all__ = [
     "gamma_lines",
     "gamma_prime_rule",
     "gamma_regions",
+    "gamma_regions_by",
     "kstar_density",
     "kstar_distributions",
     "compare_distributions",

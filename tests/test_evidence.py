@@ -133,6 +133,11 @@ def test_cluster_bootstrap_is_wider_than_treating_seeds_as_independent():
     assert (clustered.ci[1] - clustered.ci[0]) > (naive.ci[1] - naive.ci[0])
     assert clustered.p_value > naive.p_value  # group means: 8 units, not 40
     assert "in 8 groups" in evidence.evidence_numbers(clustered)
+    lo, hi = clustered.ci  # the short form of a panel title: rho, interval, p and nothing else
+    assert evidence.evidence_brief(clustered) == (f"rho = {evidence.format_number(clustered.rho)} "
+                                                  f"[{evidence.format_number(lo)}, {evidence.format_number(hi)}], "
+                                                  f"p {'' if evidence.format_p(clustered.p_value).startswith('<') else '= '}"
+                                                  f"{evidence.format_p(clustered.p_value)}")
     # p tests the group means, not the pairs' rho: the text says so and gives the means' rho beside it
     means_rho = evidence.format_number(clustered.extra["group_mean_rho"])
     assert f"on the means of the 8 groups (rho of the means = {means_rho})" in evidence.evidence_numbers(clustered)

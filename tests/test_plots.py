@@ -247,6 +247,28 @@ def test_gamma_regions_with_many_groups_moves_the_statistics_to_the_caption():
     assert len(fig.axes[0].texts) == 8
 
 
+def test_gamma_regions_by_draws_one_panel_per_set_on_one_scale():
+    """Small multiples: each set its own panel with its own rho, the Gamma' scale shared and covering every point."""
+    rng = np.random.default_rng(6)
+    sets = ["clean", "noise", "blur", "rotation", "contrast"]
+    table = pd.DataFrame({"accuracy": rng.uniform(0.2, 0.9, 60), "gamma_prime": rng.normal(0, 1, 60),
+                          "set": np.repeat(sets, 12), "config": [f"c{i % 4}" for i in range(60)],
+                          "model": [f"c{i % 4}-s{i % 3}" for i in range(60)]})
+    table.loc[13, "gamma_prime"] = 4.0  # one extreme point in the second panel
+    fig = plots.gamma_regions_by(table, "accuracy", by="set", config="config", n_boot=200, title="per set")
+    _readable(fig)
+    panels = [ax for ax in fig.axes if ax.get_visible() and ax.axison]
+    assert len(panels) == 5 and all(panels[0].get_shared_y_axes().joined(panels[0], ax) for ax in panels)
+    for ax, name in zip(panels, sets):
+        assert re.fullmatch(rf"{name}\nrho = \S+ \[\S+, \S+\], p (=|<) \S+", ax.get_title(loc="left"))
+    assert panels[0].get_ylim()[1] > 4.0  # the shared scale covers the other panels' points
+    caption = plots.caption(fig)
+    assert caption.startswith("Bands: mostly fractured") and all(f"{n}: Spearman rho = " in caption for n in sets)
+    assert len(fig.legends) == 1 and "One panel per set" in plots.alt_text(fig)
+    with pytest.raises(KStarInputError, match="needs column 'shift'"):
+        plots.gamma_regions_by(table, "accuracy", by="shift")
+
+
 def test_gamma_regions_names_the_group_when_one_label_appears_in_two_groups():
     table = _robustness_table(1)
     table.loc[table.index[:2], "model"] = "standard"  # as the pipeline lists a standard model under each threat model
