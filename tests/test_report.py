@@ -341,6 +341,32 @@ def test_footer_parameters_read_as_prose_not_python_reprs():
     assert plain([]) == "none" and plain(0.100) == "0.1" and plain("x") == "x"
 
 
+def test_footer_commit_is_dirty_only_for_changes_to_the_code(tmp_path):
+    """Rebuilding a committed report in place changes the report, not the code that made it."""
+    from kstar_utils.report.render import git_commit
+
+    repo = tmp_path / "repo"
+    (repo / "kstar_utils").mkdir(parents=True)
+    (repo / "reports").mkdir()
+    (repo / "kstar_utils" / "plots.py").write_text("x = 1\n")
+    (repo / "reports" / "index.html").write_text("<p>old</p>\n")
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", *args], check=True,
+                       capture_output=True)
+
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "one")
+    clean = git_commit(repo, ["kstar_utils"])
+    assert re.fullmatch(r"[0-9a-f]{12}", clean)
+    (repo / "reports" / "index.html").write_text("<p>rebuilt</p>\n")
+    assert git_commit(repo, ["kstar_utils"]) == clean
+    (repo / "kstar_utils" / "plots.py").write_text("x = 2\n")
+    assert git_commit(repo, ["kstar_utils"]) == f"{clean} (with uncommitted changes to the code)"
+    assert git_commit(tmp_path / "nowhere") == "not a git checkout"
+
+
 def test_footer_names_the_machines_the_models_were_trained_on():
     """A zoo model trained on CPU differs between instruction sets and thread counts: the footer says where."""
     from kstar_utils.plumbing import cpu_rounding

@@ -60,13 +60,40 @@ def _combine(verdicts: list[str]) -> str:
     return ev.INCONCLUSIVE
 
 
-def _qualifier(verdict: str, partials: list[tuple[str, dict]]) -> str:
-    """What a "reproduced" verdict does not survive, said in the headline beside it: the controls whose partial test
-    is not reproduced as well (e.g. "but not beyond latent 1-NN accuracy")."""
-    if verdict != ev.REPRODUCED:
+def _qualifier(verdict: str, partials: list[tuple[str, dict, str, dict]], rows: list[dict]) -> str:
+    """What the headline says beside a verdict about its partial tests (``partials``: control, entry, the scope it
+    was tested in (e.g. a threat model) and its evidence row; ``rows``: the claim's evidence rows, the family for
+    Holm's adjustment):
+    * "reproduced": the controls it does not survive, with those partial tests' own verdicts ("but not beyond latent
+      1-NN accuracy (the partial test below is inconclusive)");
+    * "inconclusive": the partial tests that are reproduced all the same, and whether they stay below the level after
+      Holm's adjustment (otherwise a reader of the headline alone would not know they exist).
+    """
+    if verdict == ev.REPRODUCED:
+        lost = [(control, entry) for control, entry, _, _ in partials if entry["verdict"] != ev.REPRODUCED]
+        if not lost:
+            return ""
+        controls = " or ".join(dict.fromkeys(control for control, _ in lost))
+        verdicts = " or ".join(sorted({entry["verdict"] for _, entry in lost}))
+        tests = "test below is" if len(lost) == 1 else "tests below are"
+        return f"but not beyond {controls} (the partial {tests} {verdicts})"
+    if verdict != ev.INCONCLUSIVE:
         return ""
-    lost = list(dict.fromkeys(control for control, entry in partials if entry["verdict"] != ev.REPRODUCED))
-    return f"but not beyond {' or '.join(lost)} (the partial tests below are not reproduced)" if lost else ""
+    adjusted = ev.holm_adjusted([r["p_value"] for r in rows]) if rows else []
+    held = [(control, scope, row) for control, entry, scope, row in partials if entry["verdict"] == ev.REPRODUCED]
+    if not held:
+        return ""
+    by_scope: dict[str, list[str]] = {}
+    for control, scope, _ in held:
+        by_scope.setdefault(scope, []).append(control)
+    where = "; ".join(f"controlling for {' or '.join(controls)}" + (f" under {scope}" if scope else "")
+                      for scope, controls in by_scope.items())
+    surviving = [row for _, _, row in held
+                 if next(a for r, a in zip(rows, adjusted) if r is row) < 1 - ev.CONFIDENCE]
+    holm = ("and stays below the level after Holm's adjustment" if len(surviving) == len(held) else
+            "but not after Holm's adjustment over the claim's tests: exploratory" if not surviving else
+            f"and {len(surviving)} of these {len(held)} tests stay below the level after Holm's adjustment")
+    return f"though {where} the relation is reproduced, {holm}"
 
 
 def robustness_claim(profile: Profile, robustness: pd.DataFrame) -> dict | None:
@@ -88,13 +115,13 @@ def robustness_claim(profile: Profile, robustness: pd.DataFrame) -> dict | None:
                              _evidence(sub, "robust_accuracy", "gamma_prime", units, group, x_name, seed,
                                        {control: sub[column].to_numpy()}))
             details.append(partial["sentence"])
-            partials.append((control, partial))
             rows.append({"claim": "robustness", "threat_model": tm, "test": f"partial | {control}", **_row(partial)})
+            partials.append((control, partial, tm, rows[-1]))
     verdict = _combine([p["verdict"] for p in parts])
     sentence = " ".join(p["sentence"] for p in parts)
     return {"id": "robustness", "title": "More robust models fracture concepts less", "verdict": verdict,
-            "qualifier": _qualifier(verdict, partials), "sentence": sentence, "details": details, "parts": parts,
-            "rows": rows}
+            "qualifier": _qualifier(verdict, partials, rows), "sentence": sentence, "details": details,
+            "parts": parts, "rows": rows}
 
 
 def generalisation_claim(profile: Profile, generalisation: pd.DataFrame) -> dict | None:
@@ -142,11 +169,11 @@ def generalisation_claim(profile: Profile, generalisation: pd.DataFrame) -> dict
         partial = _entry(f"Generalisation, controlling for {control}",
                          _evidence(means, "accuracy", "gamma_prime", units, group, x_name, seed,
                                    {control: values.to_numpy()}, y_name=y_name))
-        partials.append((control, partial))
-    for control, partial in reversed(partials):
+        partials.append((control, partial, "", {"claim": "generalisation", "threat_model": "",
+                                                "test": f"partial | {control}", **_row(partial)}))
+    for _, partial, _, row in reversed(partials):
         details.insert(0, partial["sentence"])
-        rows.insert(0, {"claim": "generalisation", "threat_model": "", "test": f"partial | {control}",
-                        **_row(partial)})
+        rows.insert(0, row)
     rows.insert(0, {"claim": "generalisation", "threat_model": "", "test": "main", **_row(main)})
     for data, part in generalisation.groupby("data", sort=False):
         clean = "shift" in part and (part["shift"] == "clean").all()
@@ -156,7 +183,7 @@ def generalisation_claim(profile: Profile, generalisation: pd.DataFrame) -> dict
         details.append(e["sentence"])
         rows.append({"claim": "generalisation", "threat_model": "", "test": f"within {data}", **_row(e)})
     return {"id": "generalisation", "title": "More general models fracture concepts less", "verdict": main["verdict"],
-            "qualifier": _qualifier(main["verdict"], partials), "sentence": main["sentence"], "details": details,
+            "qualifier": _qualifier(main["verdict"], partials, rows), "sentence": main["sentence"], "details": details,
             "parts": [main], "rows": rows}
 
 
@@ -211,9 +238,12 @@ def caveats(profile: Profile, robustness: pd.DataFrame, generalisation: pd.DataF
                    "elsewhere gives somewhat different per-model numbers (the footer names where these models were "
                    "trained; README's \"What the built-in study finds\" measures one such rebuild). "
                    + ("The spread over training seeds is the fair guide to how far that moves a model, and the claims' "
-                      "intervals, which resample whole configurations with their seeds, include it."
+                      "intervals, which resample whole configurations with their seeds, reflect that kind of spread; "
+                      "but they are recomputed from the models each build trains, so a test near the verdict rule's "
+                      "boundaries, or near 0.05 after Holm's adjustment, can come out differently on another machine."
                       if len(z.seeds) > 1 else
-                      "With one seed per configuration, nothing here measures how far that moves a model."))
+                      "With one seed per configuration, nothing here measures how far that moves a model, and any "
+                      "verdict can change with a rebuild."))
         out.append(f"Attack sample size: robust accuracy is {attack} on {z.attack_samples} test images per model, good "
                    f"to about +-{100 * 1.96 * math.sqrt(0.25 / z.attack_samples):.0f} points (95%, worst case); the "
                    "Wilson intervals are drawn as error bars.")

@@ -133,15 +133,24 @@ def notebook_body(executed: str | os.PathLike) -> Markup:
 
 
 @lru_cache(maxsize=1)
-def git_commit() -> str:
-    """The commit of the kstar checkout that made the report, or a note when it is not a git checkout."""
-    root = Path(__file__).resolve().parents[2]
+def _this_checkouts_commit() -> str:
+    """:func:`git_commit` of this checkout, asked once per process (every page's footer shows it)."""
+    return git_commit()
+
+
+def git_commit(root: str | os.PathLike | None = None, code: Sequence[str] | None = None) -> str:
+    """The commit of the kstar checkout that made the report, or a note when it is not a git checkout. "With
+    uncommitted changes" is said only of what makes a report (``code``: the package with its notebooks and
+    profiles, and pyproject.toml), not of a committed report being rebuilt in place."""
+    package = Path(__file__).resolve().parents[1]
+    root = Path(root) if root is not None else package.parent
+    code = list(code) if code is not None else [package.name, "pyproject.toml"]
     try:
         out = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True,
                              text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "--", *code],
                                capture_output=True, text=True, timeout=10).stdout.strip()
-        return out + (" (with uncommitted changes)" if dirty else "")
+        return out + (" (with uncommitted changes to the code)" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "not a git checkout"
 
@@ -173,7 +182,7 @@ def footer(summary: dict) -> list[tuple[str, str]]:
         ("data hash", summary.get("data_hash", MISSING)),
         *([("models trained on", "; ".join(f"{machine} ({count} model{'' if count == 1 else 's'})" for machine, count
                                            in summary["trained_on"].items()))] if summary.get("trained_on") else []),
-        ("git commit", git_commit()),
+        ("git commit", _this_checkouts_commit()),
         ("versions", ", ".join(f"{k} {v}" for k, v in libs.items() if v)),
         ("results computed", summary.get("created", MISSING)),
         ("page made", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")),
