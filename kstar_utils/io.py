@@ -34,53 +34,112 @@ _PLAIN_INTEGER = re.compile(r"-?(0|[1-9][0-9]*)")  # the one way of writing each
 
 
 def _read_table(path: Path) -> pd.DataFrame:
-    """Read a CSV/TSV/whitespace or parquet feature table.
+    """Read a CSV/TSV/whitespace or parquet feature table: parquet as stored; a text table as its cells, strings
+    still (``attrs``: ``lines``, the file line of each row, and ``decimal``), converted by :func:`_table_numbers`
+    once the label columns are out.
 
-    The first row is a header when a cell of it is not a number, or when it is exactly ``0, 1, ..., D-1`` (what
-    ``pandas.DataFrame(X).to_csv(index=False)`` writes for unnamed columns). A saved pandas row index is refused, not
-    read as a feature: a first column with an empty name, or one holding exactly 0, 1, ..., N-1 under no header.
+    Text tables are split and checked here, never guessed past: the separator is the first of tab, semicolon and
+    comma in the first line (outside quotes), else runs of blanks; beside tabs or semicolons, decimal commas
+    ("1,5;2,25", anywhere in the table) are read as decimal points; every row must have the first row's number of
+    cells (a missing or extra separator would shift every column after it). The first row is a header when a cell of
+    it is not a number, or when it is exactly ``0, 1, ..., D-1`` (what ``pandas.DataFrame(X).to_csv(index=False)``
+    writes); a first row that looks like numbers with thousands separators ("1 000", "1.234,5") is refused, not
+    taken as a header. A saved pandas row index is refused, not read as a feature: a first header cell left empty.
     """
     if path.suffix == ".parquet":
         try:
             return pd.read_parquet(path)
         except ImportError as err:
             raise KStarInputError(f"reading {path} needs pyarrow: pip install pyarrow (or save as .npy).") from err
-    with path.open(encoding="utf-8-sig") as handle:  # a byte-order mark is not part of the first cell
-        raw = handle.readline().rstrip("\r\n")  # a leading separator is kept: it is an unnamed first column
-        second = handle.readline().rstrip("\r\n")
-    first = raw.strip()
-    sep = _separator(first) or (r"\s+" if " " in first else ",")
-
-    def split(line: str) -> list[str]:
-        return [c.strip() for c in (line.split() if sep == r"\s+" else line.split(sep))]
-
-    decimal = "," if sep != "," and any(_DECIMAL_COMMA.fullmatch(c) for c in split(raw) + split(second)) else "."
-    cells = [c.replace(",", ".") if decimal == "," else c for c in split(raw)]
-    if len(cells) > 1 and cells[0] == "" and all(cells[1:]):
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is not part of the first cell
+    except UnicodeDecodeError:
+        raise KStarInputError(f"features file {path} is not a UTF-8 text table (a binary file named {path.suffix}?); "
+                              "save the features as .npy, or as a UTF-8 CSV.") from None
+    numbered = [(number, line) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
+    if not numbered:
+        raise KStarInputError(f"features file {path} is empty; write one sample per line.")
+    sep = _separator(_QUOTED.sub("", numbered[0][1]))
+    if sep is None:
+        rows = [line.split() for _, line in numbered]
+    else:
+        rows = [[cell.strip() for cell in row] for row in csv.reader((line for _, line in numbered), delimiter=sep)]
+    if len(rows) > 1 and all(len(row) > 1 and row[-1] == "" for row in rows):
+        rows = [row[:-1] for row in rows]  # a separator at the end of every line: no column after it
+    width = len(rows[0])
+    for (number, _), row in zip(numbered, rows):
+        if len(row) != width:
+            raise KStarInputError(
+                f"features file {path}: line {number} has {len(row)} cells, the first row {width}; a missing, extra "
+                "or trailing separator would shift every column after it. Give every row the same cells.")
+    decimal = "," if sep in ("\t", ";") and any(_DECIMAL_COMMA.fullmatch(c) for row in rows for c in row) else "."
+    first = rows[0]
+    if len(first) > 1 and first[0] == "" and all(first[1:]):
         raise KStarInputError(
             f"features file {path}: the first cell of its first row is empty, as pandas writes the header of its row "
             "index (DataFrame.to_csv without index=False); read as a feature it would change every distance. Save with "
             "index=False, or remove that column (or fill that missing value).")
-    unnamed = [str(i) for i in range(len(cells))]
-    header = any(_not_number(c) for c in cells if c) or (len(cells) > 1 and cells == unnamed)
-    table = pd.read_csv(path, header=0 if header else None, sep=sep, engine="python", encoding="utf-8-sig",
-                        decimal=decimal)
-    if header and str(table.columns[0]).startswith("Unnamed: 0"):
+    unnamed = [str(i) for i in range(len(first))]
+    words = [c for c in first if c and _number(c, decimal) is None]
+    header = bool(words) or (len(first) > 1 and first == unnamed)
+    if words and all(_NUMBER_LIKE.fullmatch(c) for c in first if c):
         raise KStarInputError(
-            f"features file {path}: its first column has no name, as pandas writes its row index (DataFrame.to_csv "
-            "without index=False); read as a feature it would change every distance. Save with index=False, or "
-            "remove that column.")
-    if not header and len(table) > 2 and table.shape[1] > 1:
-        column = table.iloc[:, 0].to_numpy()
-        if pd.api.types.is_numeric_dtype(column) and np.array_equal(column, np.arange(len(table))):
-            raise KStarInputError(
-                f"features file {path}: its first column holds exactly 0, 1, ..., {len(table) - 1}, a saved row "
-                "index (DataFrame.to_csv writes one unless index=False); read as a feature it would change every "
-                "distance. Save with index=False, or remove that column.")
+            f"features file {path}: line {numbered[0][0]} looks like numbers, but {words[0]!r} is not one (a "
+            "thousands separator?); remove thousands separators, or give the table a header row.")
+    body = rows[1:] if header else rows
+    table = pd.DataFrame(body, columns=first if header else range(width), dtype=object)
+    table.attrs.update(lines=[number for number, _ in numbered[1 if header else 0:]], decimal=decimal)
     return table
 
 
+_QUOTED = re.compile(r'"[^"]*"')  # a quoted cell: a separator inside it does not split
+_NUMBER_LIKE = re.compile(r"[+-]?[0-9][0-9 .,'\u2019]*(?:[eE][+-]?[0-9]+)?")  # digits with separators of some kind
 _DECIMAL_COMMA = re.compile(r"[+-]?[0-9]*,[0-9]+(?:[eE][+-]?[0-9]+)?")  # "1,5", "-0,25", ",5", "1,5e-3"
+
+
+def _number(cell: str, decimal: str) -> float | None:
+    """``cell`` as a number, commas read as decimal points in a decimal-comma table (None when it is not one)."""
+    if decimal == ",":
+        if "." in cell:
+            return None
+        cell = cell.replace(",", ".")
+    try:
+        return float(cell)
+    except ValueError:
+        return None
+
+
+def _table_numbers(table: pd.DataFrame, path: Path) -> np.ndarray:
+    """The feature matrix of a table from :func:`_read_table`: every cell a number, or an error naming the first
+    cell that is not (its line, its column and what to do)."""
+    if "decimal" not in table.attrs:  # parquet: typed columns
+        non_numeric = [str(c) for c in table.columns if not pd.api.types.is_numeric_dtype(table[c])]
+        if non_numeric:
+            raise KStarInputError(f"features file {path} has non-numeric columns {non_numeric[:5]}; keep only the "
+                                  "feature columns (put labels in their own file).")
+        return table.to_numpy(dtype=np.float64)
+    decimal, lines = table.attrs["decimal"], table.attrs["lines"]
+    cells = table.to_numpy(dtype=object)
+    values = np.empty(cells.shape, dtype=np.float64)
+    for j in range(cells.shape[1]):
+        column = cells[:, j].astype(str)
+        if decimal == ",":
+            points = np.flatnonzero(np.char.find(column, ".") >= 0)
+            if points.size:
+                i = int(points[0])
+                raise KStarInputError(
+                    f"features file {path}: line {lines[i]}, column {table.columns[j]!r} holds {str(column[i])!r}, "
+                    "a point in a table with decimal commas (a thousands separator?); remove thousands separators.")
+            column = np.char.replace(column, ",", ".")
+        try:
+            values[:, j] = column.astype(np.float64)
+        except ValueError:
+            i = next(i for i, c in enumerate(column) if _number(c, ".") is None)
+            what = "an empty cell" if not column[i] else f"{cells[i, j]!r}, not a number"
+            raise KStarInputError(
+                f"features file {path}: line {lines[i]}, column {table.columns[j]!r} holds {what}; every feature "
+                "cell must be a number (labels go in a column named label, or in their own file).") from None
+    return values
 
 
 def _separator(first_line: str) -> str | None:
@@ -88,14 +147,6 @@ def _separator(first_line: str) -> str | None:
     semicolon or tab beside commas is a separator beside decimal commas ("1,5;2,25", as spreadsheets in many locales
     save), so it wins over the comma; feature and label tables are split alike."""
     return next((c for c in ("\t", ";", ",") if c in first_line), None)
-
-
-def _not_number(text: str) -> bool:
-    try:
-        float(text)
-        return False
-    except ValueError:
-        return True
 
 
 def _read_npz(path: Path, preferred: tuple[str, ...]) -> np.ndarray:
@@ -156,21 +207,23 @@ def read_features(path: str | os.PathLike, labels_in_file: bool = False) -> np.n
         advice = "; save plain numbers (np.save(path, np.asarray(features, dtype=np.float32)))" \
             if "allow_pickle" in str(err) else ""
         raise KStarInputError(f"cannot read features from {p}: {_read_error(p, err)}{advice}.") from None
-    named = [c for c in table.columns if str(c).lower() in LABEL_COLUMNS]
+    named = [c for c in table.columns if str(c).strip().lower() in LABEL_COLUMNS]  # " label" is a label column too
     if labels_in_file:
         table = table.drop(columns=named)
-    elif [c for c in named if str(c).lower() != "y"]:
+    elif [c for c in named if str(c).strip().lower() != "y"]:
         raise KStarInputError(
-            f"features file {p} has a column named {str(named[0])!r}, which kstar reads as labels, not as a feature; "
-            "give this file as LABELS too (the column is then left out of the features), or save the features "
-            "without it.")
-    non_numeric = [str(c) for c in table.columns if not pd.api.types.is_numeric_dtype(table[c])]
-    if non_numeric:
+            f"features file {p} has a column named {str(named[0]).strip()!r}, which kstar reads as labels, not as a "
+            "feature; give this file as LABELS too (the column is then left out of the features), or save the "
+            "features without it.")
+    features = _table_numbers(table, p)
+    headerless = "decimal" in table.attrs and isinstance(table.columns, pd.RangeIndex)
+    if headerless and len(features) > 2 and features.shape[1] > 1 \
+            and np.array_equal(features[:, 0], np.arange(len(features))):
         raise KStarInputError(
-            f"features file {p} has non-numeric columns {non_numeric[:5]}; keep only the feature columns "
-            "(put labels in their own file)."
-        )
-    return table.to_numpy(dtype=np.float64)
+            f"features file {p}: its first column holds exactly 0, 1, ..., {len(features) - 1}, a saved row index "
+            "(DataFrame.to_csv writes one unless index=False); read as a feature it would change every distance. "
+            "Save with index=False, or remove that column.")
+    return features
 
 
 def read_labels(path: str | os.PathLike) -> np.ndarray:
@@ -244,7 +297,7 @@ def _read_text_labels(p: Path, one_per_line: bool) -> np.ndarray:
     if not lines:
         raise KStarInputError(f"labels file {p} is empty; write one label per line.")
     first = lines[0]
-    sep = None if one_per_line else _separator(first)
+    sep = None if one_per_line else _separator(_QUOTED.sub("", first))
     if sep is None:
         rows = [[line.strip()] for line in lines]
     else:

@@ -607,3 +607,51 @@ def test_decimal_comma_tables_read_as_numbers(tmp_path):
     named = "pc,1\tpc,2\n" + "\n".join("\t".join(str(v) for v in row) for row in x)  # commas in names only
     (tmp_path / "named.tsv.csv").write_text(named)
     assert np.array_equal(read_features(tmp_path / "named.tsv.csv"), x)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("x1, x2, label\n1.5, 2.5, 0\n3.5, 4.5, 1\n", [[1.5, 2.5], [3.5, 4.5]]),  # " label": still the label column
+    ('"1.5","2.5"\n"3.5","4.5"\n"5.5","6.5"\n', [[1.5, 2.5], [3.5, 4.5], [5.5, 6.5]]),  # quoted, no header
+    ('"1,5";"2,25"\n"3,5";"4"\n', [[1.5, 2.25], [3.5, 4.0]]),  # quoted decimal commas
+    ("1,5e-3;2\n3,25E+02;4\n", [[0.0015, 2.0], [325.0, 4.0]]),  # decimal commas in scientific notation
+    ("1;2\n3;4\n5,5;6\n", [[1.0, 2.0], [3.0, 4.0], [5.5, 6.0]]),  # the first decimal comma on line 3
+    ("1,2,\n3,4,\n5,6,\n", [[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]),  # a separator ending every line
+    ('"f;1",f2,label\n1.5,2.5,0\n3.5,4.5,1\n', [[1.5, 2.5], [3.5, 4.5]]),  # a separator inside a quoted name
+])
+def test_tables_are_read_as_written(tmp_path, text, expected):
+    """Found by a hostile review: each of these had lost a sample, a column or a label column without an error."""
+    from kstar_utils.io import read_features, read_labels
+
+    path = tmp_path / "t.csv"
+    path.write_text(text)
+    assert read_features(path, labels_in_file=True).tolist() == expected
+    if "label" in text:
+        assert read_labels(path).tolist() == [0, 1]
+        with pytest.raises(KStarInputError, match="has a column named 'label'"):
+            read_features(path)  # the labels given apart: the column is refused, never read as a feature
+
+
+@pytest.mark.parametrize("text, message", [
+    ("a,b\n0.5,1,2\n0.7,3,4\n", "line 2 has 3 cells, the first row 2"),  # pandas made the first column an index
+    ("a,b\n1,2,\n3,4,\n", "line 2 has 3 cells, the first row 2"),  # a trailing separator on the data rows only
+    ("a;b\n1.000;0,5\n1.500;0,5\n", "line 2, column 'a' holds '1.000', a point in a table with decimal commas"),
+    ("1 000;2\n3;4\n", "line 1 looks like numbers, but '1 000' is not one"),  # was taken as a header and dropped
+    ("1.234,5;2\n1,5;3\n", "line 1 looks like numbers, but '1.234,5' is not one"),
+    ("a,b\n1,2\n3,x\n", "line 3, column 'b' holds 'x', not a number"),
+    ("a,b\n1,2\n3,\n", "line 3, column 'b' holds an empty cell"),
+])
+def test_tables_that_cannot_be_read_as_written_are_refused_with_the_line(tmp_path, text, message):
+    from kstar_utils.io import read_features
+
+    path = tmp_path / "t.csv"
+    path.write_text(text)
+    with pytest.raises(KStarInputError, match=re.escape(message)):
+        read_features(path)
+
+
+def test_a_binary_file_named_csv_is_named_as_such(tmp_path):
+    from kstar_utils.io import read_features
+
+    (tmp_path / "b.csv").write_bytes(b"\x93\x00\x01abc")
+    with pytest.raises(KStarInputError, match=r"not a UTF-8 text table \(a binary file named \.csv\?\)"):
+        read_features(tmp_path / "b.csv")
