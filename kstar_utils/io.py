@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import KStarInputError
-from .plumbing import atomic_write_text, write_json
+from .plumbing import atomic_write_text, to_json
 
 FEATURE_FORMATS = (".npy", ".npz", ".csv", ".txt", ".parquet")
 
@@ -403,7 +403,9 @@ def write_result(result, out_dir: str | os.PathLike, inputs: dict | None = None)
     if inputs:
         summary["inputs"] = inputs
     paths = {"summary": out / "summary.json", "samples": out / "samples.csv", "result": out / "result.json"}
-    atomic_write_text(paths["samples"], result.samples_frame().to_csv(index=False))
-    atomic_write_text(paths["result"], result.to_json())
-    write_json(paths["summary"], summary)
+    # every file is made in memory first: a failure (an unserialisable value) leaves no partial output behind
+    texts = {"samples": result.samples_frame().to_csv(index=False), "result": result.to_json(),
+             "summary": to_json(summary) + "\n"}
+    for name, text in texts.items():
+        atomic_write_text(paths[name], text)
     return paths

@@ -188,6 +188,9 @@ def check_own_outputs(folder: str | os.PathLike, names: tuple[str, ...], force: 
     from .errors import KStarInputError
 
     out = Path(folder)
+    if out.is_symlink():
+        raise KStarInputError(f"{option} {out} is a link; kstar does not write through links: give the folder it "
+                              f"points to ({out.resolve()}) or another folder.")
     recorded = _recorded_outputs(out)
     sources = [Path(p).resolve() for p in inputs]
     foreign = []
@@ -198,6 +201,9 @@ def check_own_outputs(folder: str | os.PathLike, names: tuple[str, ...], force: 
                                   "them: choose another folder.")
         if not target.exists():
             continue
+        if not target.is_file():  # a folder or a FIFO: hashing it would fail or wait forever
+            raise KStarInputError(f"{option} {out}: {name} there is not a file (a folder or a pipe), so kstar cannot "
+                                  "write its output there; choose another folder.")
         if target.resolve() in sources:
             raise KStarInputError(f"{option} {out}: writing {name} there would replace an input of this command; "
                                   "choose another folder.")

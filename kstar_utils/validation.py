@@ -100,6 +100,9 @@ def to_numpy_labels(labels: Any) -> np.ndarray:
         array = _object_labels(array)
     if array.dtype.kind == "S":  # bytes: their text, as class names
         array = array.astype(str)
+    if array.dtype.kind in "cmMV":  # complex numbers, dates, raw records: not class ids a result can be written with
+        raise KStarInputError(f"labels are of type {array.dtype} (e.g. {array.ravel()[0]!r}); pass integer class ids "
+                              "or class names.")
     if array.dtype.kind == "u" and array.size and array.max() > np.iinfo(np.int64).max:
         raise KStarInputError("labels hold integer ids above 2**63 - 1; renumber the classes (e.g. with "
                               "np.unique(labels, return_inverse=True)[1]) or pass class names.")

@@ -167,3 +167,28 @@ def test_a_compute_that_fails_on_its_input_leaves_no_out_folder(data, capsys):
     assert _compute(folder, folder / "new" / "out") == 2
     assert "labels" in capsys.readouterr().err
     assert not (folder / "new").exists()
+
+
+def test_out_refuses_a_link_a_folder_or_a_pipe_named_as_an_output(data, capsys):
+    import os
+
+    folder, _, _ = data
+    (folder / "real").mkdir()
+    (folder / "link").symlink_to(folder / "real", target_is_directory=True)
+    assert _compute(folder, folder / "link") == 2
+    assert "is a link; kstar does not write through links" in capsys.readouterr().err
+    (folder / "f4" / "result.json").mkdir(parents=True)
+    assert _compute(folder, folder / "f4", "--force") == 2
+    assert "result.json there is not a file" in capsys.readouterr().err
+    (folder / "f5").mkdir()
+    os.mkfifo(folder / "f5" / "summary.json")
+    assert _compute(folder, folder / "f5") == 2  # refused at once, not a wait on the pipe
+    assert not list((folder / "real").iterdir())
+
+
+def test_labels_of_no_usable_type_are_refused_before_any_output(data, capsys):
+    folder, _, _ = data
+    np.save(folder / "y.npy", np.array([1j, 2] * 15))
+    assert _compute(folder, folder / "out") == 2
+    assert "labels are of type complex128" in capsys.readouterr().err
+    assert not (folder / "out").exists()
