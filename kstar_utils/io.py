@@ -208,8 +208,8 @@ def read_features(path: str | os.PathLike, labels_in_file: bool = False) -> np.n
             if "allow_pickle" in str(err) else ""
         raise KStarInputError(f"cannot read features from {p}: {_read_error(p, err)}{advice}.") from None
     named = [c for c in table.columns if str(c).strip().lower() in LABEL_COLUMNS]  # " label" is a label column too
-    if labels_in_file:
-        table = table.drop(columns=named)
+    if labels_in_file:  # the column read_labels takes: "y" only when no other label name is there ("x, y, label")
+        table = table.drop(columns=[c for c in named if str(c).strip().lower() != "y"] or named)
     elif [c for c in named if str(c).strip().lower() != "y"]:
         raise KStarInputError(
             f"features file {p} has a column named {str(named[0]).strip()!r}, which kstar reads as labels, not as a "
@@ -306,10 +306,14 @@ def _read_text_labels(p: Path, one_per_line: bool) -> np.ndarray:
     if width > 1:
         names = [c.lower() for c in rows[0]]
         found = [i for i, name in enumerate(names) if name in LABEL_COLUMNS]
+        if len(found) > 1 and [i for i in found if names[i] != "y"]:  # "x, y, label": y is a coordinate there
+            found = [i for i in found if names[i] != "y"]
         if len(found) != 1:
+            several = f" (it names {' and '.join(repr(rows[0][i]) for i in found)}: rename all but one)" \
+                if found else ""
             raise KStarInputError(
                 f"labels file {p} has {width} columns; its first row must name exactly one label column "
-                f"({', '.join(LABEL_COLUMNS)}), or give the labels alone, one per line."
+                f"({', '.join(LABEL_COLUMNS)}){several}, or give the labels alone, one per line."
             )
         column = found[0]
         cells = []

@@ -655,3 +655,18 @@ def test_a_binary_file_named_csv_is_named_as_such(tmp_path):
     (tmp_path / "b.csv").write_bytes(b"\x93\x00\x01abc")
     with pytest.raises(KStarInputError, match=r"not a UTF-8 text table \(a binary file named \.csv\?\)"):
         read_features(tmp_path / "b.csv")
+
+
+def test_x_y_label_tables_keep_y_as_a_coordinate(tmp_path):
+    """In "x, y, label" y is a coordinate and label the labels, for both readers; "a, y" alone: y is the label."""
+    from kstar_utils.io import read_features, read_labels
+
+    (tmp_path / "xy.csv").write_text("x,y,label\n1.5,2.5,0\n3.5,4.5,1\n")
+    assert read_labels(tmp_path / "xy.csv").tolist() == [0, 1]
+    assert read_features(tmp_path / "xy.csv", labels_in_file=True).tolist() == [[1.5, 2.5], [3.5, 4.5]]
+    (tmp_path / "ay.csv").write_text("a,y\n1.5,0\n3.5,1\n")
+    assert read_labels(tmp_path / "ay.csv").tolist() == [0, 1]
+    assert read_features(tmp_path / "ay.csv", labels_in_file=True).tolist() == [[1.5], [3.5]]
+    (tmp_path / "two.csv").write_text("a,label,class\n1.5,0,0\n")
+    with pytest.raises(KStarInputError, match="it names 'label' and 'class': rename all but one"):
+        read_labels(tmp_path / "two.csv")

@@ -77,7 +77,18 @@ BAD = [
     ("robustbench:\n  models:\n    - {name: X, threat_model: Linf}\n  dataset: cifar11\n",
      "robustbench.dataset is 'cifar11'; RobustBench's data sets are cifar10, cifar100 and imagenet"),
     ("openclip:\n  models:\n    - {name: RN50, pretrained: openai}\n  datasets: [CIFAR-10, imagenette]\n",
-     "openclip.datasets names 'imagenette', not a data set kstar knows; choose from .*cifar10"),
+     r"openclip.datasets\[1\] is 'imagenette', not a data set kstar knows; choose from .*cifar10"),
+    ("openclip:\n  models:\n    - {name: RN50, pretrained: openai}\n  datasets: [cifar10, CIFAR-10]\n",
+     r"openclip.datasets repeats \['cifar10'\]; each value once \(cifar10, CIFAR-10 and cifar-10 name one"),
+    ("openclip:\n  models:\n    - {name: RN50, pretrained: openai}\n  datasets: [cifar10]\n  split: validation\n",
+     "openclip.split is 'validation'; allowed: train, test"),
+    ("robustbench:\n  models:\n    - {name: X, threat_model: Linf}\n  split: tset\n", "robustbench.split is 'tset'"),
+    ("extends: smoke\nzoo: {dataset: digitz}\n", "zoo.dataset is 'digitz', not a data set kstar knows"),
+    ("extends: smoke\nzoo: {attack_version: foo}\n", "zoo.attack_version is 'foo'; use standard, plus, rand"),
+    ("extends: smoke\nzoo: {shifts: [noise, noise]}\n", r"zoo.shifts repeats \['noise'\]"),
+    ("extends: smoke\nzoo: {widths: [8, 8]}\n", r"zoo.widths repeats \[8\]"),
+    ("extends: smoke\ncompute: {seed: 99999999999}\n", "compute.seed is 99999999999; seeds are 32-bit"),
+    ("extends: smoke\nzoo: null\n", r"profile 'bad' names no models"),
 ]
 
 

@@ -29,6 +29,7 @@ from ..plumbing import stable_hash
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 THREAT_MODELS = ("Linf", "L2", "corruptions")
+SPLITS = ("train", "test", "val", "val-all", "extra")  # what the data sets' loaders accept (imagenet: val; svhn: extra)
 PROFILE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9 ._+-]{0,63}")  # it names a folder of the results store
 
 
@@ -63,6 +64,10 @@ class ComputeOptions:
         _at_least("compute.workers", self.workers, 0)
         _at_least("compute.bootstrap", self.bootstrap, 0)
         _at_least("compute.seed", self.seed, 0)
+        from ..validation import MAX_SEED
+
+        if self.seed > MAX_SEED:
+            raise ProfileError(f"compute.seed is {self.seed}; seeds are 32-bit, at most {MAX_SEED}.")
 
 
 @dataclass(frozen=True)
@@ -122,6 +127,16 @@ class ZooSection:
 
         for shift in self.shifts:
             _choice("zoo.shifts[]", shift, tuple(SHIFTS))
+        for key in ("shifts", "widths", "fractions"):  # a repeat would make one model's tasks twice
+            _distinct(f"zoo.{key}", getattr(self, key), "a repeat would make the same tasks twice")
+        _known_dataset("zoo.dataset", self.dataset)
+        from ..zoo.attacks import STANDARD_ATTACKS
+
+        parts = self.attack_version.split("+")
+        if self.attack_version not in ("standard", "plus", "rand") and not set(parts) <= set(STANDARD_ATTACKS):
+            raise ProfileError(f"zoo.attack_version is {self.attack_version!r}; use standard, plus, rand, or attacks of "
+                               f"the standard version joined by '+' ({', '.join(STANDARD_ATTACKS)}; e.g. "
+                               "apgd-ce+apgd-t). Checked now, not after the zoo is trained.")
 
 
 @dataclass(frozen=True)
@@ -162,6 +177,7 @@ class RobustBenchSection:
         if self.dataset.lower() not in ROBUSTBENCH_DATASETS:
             raise ProfileError(f"robustbench.dataset is {self.dataset!r}; RobustBench's data sets are cifar10, "
                                "cifar100 and imagenet.")
+        _choice("robustbench.split", self.split, SPLITS)
         if self.per_class is not None:
             _at_least("robustbench.per_class", self.per_class, 1)
 
@@ -192,13 +208,10 @@ class OpenCLIPSection:
             raise ProfileError("openclip.models is empty: list at least one model, or drop the section.")
         if not self.datasets:
             raise ProfileError("openclip.datasets is empty: list at least one data set, or drop the section.")
-        from ..datasets import canonical_dataset_name, dataset_names  # checked now, not as failed tasks
-
-        unknown = [d for d in self.datasets if canonical_dataset_name(d) is None]
-        if unknown:
-            raise ProfileError(f"openclip.datasets names {', '.join(map(repr, unknown))}, not a data set kstar knows; "
-                               f"choose from {', '.join(dataset_names())} (or register your own with "
-                               "kstar_utils.datasets.register_dataset before loading the profile).")
+        canonical = tuple(_known_dataset(f"openclip.datasets[{i}]", d) for i, d in enumerate(self.datasets))
+        _distinct("openclip.datasets", canonical, "cifar10, CIFAR-10 and cifar-10 name one data set, which would be "
+                  "computed twice")
+        _choice("openclip.split", self.split, SPLITS)
         if self.per_class is not None:
             _at_least("openclip.per_class", self.per_class, 1)
 
@@ -222,7 +235,7 @@ class Profile:
             raise ProfileError(f"profile name {self.name!r} cannot name a folder: use letters, digits, spaces and . _ + - "
                                "only (at most 64, starting with a letter, digit or _); it names the results folder.")
         if not (self.zoo or self.robustbench or self.openclip):
-            raise ProfileError(f"profile {self.name!r} ({self.origin}) names no models: give a 'zoo', 'robustbench' "
+            raise ProfileError(f"profile {self.name!r} names no models: give a 'zoo', 'robustbench' "
                                "or 'openclip' section.")
         if not self.title:
             object.__setattr__(self, "title", f"k* report: {self.name}")
@@ -262,10 +275,22 @@ def _positive(key: str, value: float) -> None:
         raise ProfileError(f"{key} is {value!r}; it must be a finite number above 0.")
 
 
-def _distinct(key: str, values: tuple) -> None:
+def _known_dataset(key: str, name: str) -> str:
+    """The registered name of data set ``name``, or a ProfileError naming the key and the known ones."""
+    from ..datasets import canonical_dataset_name, dataset_names
+
+    found = canonical_dataset_name(name)
+    if found is None:
+        raise ProfileError(f"{key} is {name!r}, not a data set kstar knows; choose from {', '.join(dataset_names())} "
+                           "(or register your own with kstar_utils.datasets.register_dataset before loading the "
+                           "profile).")
+    return found
+
+
+def _distinct(key: str, values: tuple, why: str = "a repeat would train the same model twice") -> None:
     repeated = sorted({v for v in values if values.count(v) > 1})
     if repeated:
-        raise ProfileError(f"{key} repeats {repeated}; each value once (a repeat would train the same model twice).")
+        raise ProfileError(f"{key} repeats {repeated}; each value once ({why}).")
 
 
 def _type_name(tp: Any) -> str:
