@@ -850,7 +850,7 @@ def gamma_heatmap(table: pd.DataFrame, row: str = "model", col: str = "data", va
                 near = bool(_near_chance(rec[accuracy], ch, chance_margin))
             text = _num(v) + ("†" if near else "")
             if has_ci and np.isfinite(rec[f"{value}_lo"]) and np.isfinite(rec[f"{value}_hi"]):
-                text += f"\n[{_num(rec[f'{value}_lo'], 1)}, {_num(rec[f'{value}_hi'], 1)}]"
+                text += f"\n[{_num(rec[f'{value}_lo'])}, {_num(rec[f'{value}_hi'])}]"  # whether it excludes 0
             if rec["rows"] > 1:
                 text += f"\n{int(rec['rows'])} seeds"
             dark = abs(v) > 0.6 * lim

@@ -338,7 +338,7 @@ def test_gamma_heatmap_never_prints_negative_zero():
     table = pd.DataFrame({"model": ["a", "b"], "data": ["clean", "clean"], "gamma_prime": [-0.001, 0.3],
                           "gamma_prime_lo": [-0.04, 0.1], "gamma_prime_hi": [0.2, 0.5]})
     texts = [t.get_text() for t in plots.gamma_heatmap(table).axes[0].texts]
-    assert "0.00\n[0.0, 0.2]" in texts and not any("-0.0" in t for t in texts)
+    assert "0.00\n[-0.04, 0.20]" in texts and not any("-0.00" in t for t in texts)
 
 
 def test_gamma_heatmap_colours_name_the_region_of_each_cell():

@@ -425,6 +425,12 @@ def test_table_one_shows_each_coefficient_with_its_interval_in_one_cell(tmp_path
                                    "concepts fractured / overlapped / clustered", "clean_accuracy"]
     assert table.iloc[0, 1] == "0.35 [0.23, 0.48]" and table.iloc[0, 2] == "0.00 [-0.20, 0.10]"
     assert table.iloc[0, 3] == "2 / 8 / 0"
+    pd.read_csv(tmp_path / "summary_table.csv").assign(robust_accuracy_Linf=0.04).to_csv(
+        tmp_path / "summary_table.csv", index=False)
+    pd.DataFrame({"model": ["a"], "threat_model": ["Linf"], "eval_eps": [0.1]}).to_csv(tmp_path / "robustness.csv",
+                                                                                       index=False)
+    table = table_one(Results(tmp_path))  # counts out of ~100 attacked images: two decimals, the budget in the header
+    assert table["robust accuracy Linf (eps 0.1)"].tolist() == ["0.04"]
 
 
 def test_leaderboards_and_evidence_tables_keep_intervals_and_adjusted_p_beside_their_values(tmp_path):
@@ -440,10 +446,16 @@ def test_leaderboards_and_evidence_tables_keep_intervals_and_adjusted_p_beside_t
     pd.DataFrame(rows).to_csv(tmp_path / "robustness.csv", index=False)
     [(tm, eps, board)] = threat_model_tables(Results(tmp_path))
     assert (tm, eps) == ("L2", 0.5) and list(board["model"]) == ["B", "A"]  # ranked by robust accuracy
-    assert list(board.columns) == ["rank", "model", "clean_accuracy", "robust accuracy (L2) [95% CI]",
+    assert list(board.columns) == ["rank (ties share one)", "model", "clean_accuracy", "robust accuracy (L2) [95% CI]",
                                    "Gamma' [95% CI]", "latent_1nn_accuracy",
                                    "concepts fractured / overlapped / clustered"]
     assert board.iloc[0, 3] == "0.50 [0.40, 0.60]" and board.iloc[0, 4] == "-0.30 [-0.50, -0.10]"
+    tied = [dict(r, model=m, label=m.upper(), robust_accuracy=0.5, clean_accuracy=c)
+            for r, (m, c) in zip(rows * 2, (("c", 0.8), ("d", 0.95), ("e", 0.9), ("f", 0.7)))]
+    pd.DataFrame(tied + [dict(rows[0], robust_accuracy=0.1)]).to_csv(tmp_path / "robustness.csv", index=False)
+    [(_, _, board)] = threat_model_tables(Results(tmp_path))
+    assert list(board["rank (ties share one)"]) == [1, 1, 1, 1, 5]  # equal robust accuracy, equal rank
+    assert list(board["model"][:4]) == ["D", "E", "C", "F"]  # and, among ties, the better clean accuracy first
     pd.DataFrame([{"claim": "robustness", "threat_model": "L2", "test": "Spearman", "verdict": "inconclusive",
                    "rho": -0.3, "p_value": 0.0004, "n": 24, "p_holm": 0.0012}]).to_csv(tmp_path / "evidence.csv",
                                                                                      index=False)

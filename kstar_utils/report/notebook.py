@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..evidence import format_number
 from ..kstar import KStarResult
 
 
@@ -236,7 +237,6 @@ def compact_columns(table: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
     """A table for the page: each value with a ``<column>_lo`` / ``<column>_hi`` interval in one cell ("0.35 [0.23,
     0.48]", the header saying "[95% CI]"), and the three concept counts in one cell ("2 / 8 / 0"), so that a wide
     table fits the page (the CSVs keep every column apart)."""
-    from ..evidence import format_number
     from .render import readable_header
 
     table = table.copy()
@@ -265,11 +265,22 @@ def shifted_set_means(results: Results) -> pd.DataFrame:
 
 def table_one(results: Results) -> pd.DataFrame:
     """Table 1 as the report shows it: one row per model by id (the labels are on the model pages), compacted by
-    :func:`compact_columns` so that the accuracy columns fit beside Gamma and Gamma'."""
+    :func:`compact_columns` so that the accuracy columns fit beside Gamma and Gamma'. Robust accuracies show two
+    decimals (counts out of a hundred or so attacked images) and their budget in the header."""
     table = results.table("table")
     if table.empty:
         return table
-    return compact_columns(table.drop(columns=[c for c in ("label",) if c in table]))
+    table = compact_columns(table.drop(columns=[c for c in ("label",) if c in table]))
+    robust = [c for c in table.columns if str(c).startswith("robust_accuracy_")]
+    rob = results.table("robustness") if robust else pd.DataFrame()
+    for column in robust:
+        tm = column.removeprefix("robust_accuracy_")
+        eps = rob.loc[rob["threat_model"] == tm, "eval_eps"].dropna() \
+            if {"threat_model", "eval_eps"} <= set(rob.columns) else pd.Series([], dtype=float)
+        table[column] = [format_number(v, 2) if pd.notna(v) else v for v in table[column]]
+        table = table.rename(columns={column: f"robust accuracy {tm}" + (f" (eps {float(eps.iloc[0]):g})"
+                                                                         if len(eps) else "")})
+    return table
 
 
 def robust_accuracy_label(results: Results, threat_model: str) -> str:
@@ -292,10 +303,12 @@ def threat_model_tables(results: Results) -> list[tuple[str, float, pd.DataFrame
         eps = float(part["eval_eps"].iloc[0]) if part["eval_eps"].notna().any() else float("nan")
         cols = ["label", "clean_accuracy", "robust_accuracy", "robust_accuracy_lo", "robust_accuracy_hi",
                 "gamma_prime", "gamma_prime_lo", "gamma_prime_hi", "latent_1nn_accuracy", *PATTERN_COUNTS]
-        frame = part.sort_values("robust_accuracy", ascending=False)[[c for c in cols if c in part]]
+        order = [c for c in ("robust_accuracy", "clean_accuracy") if c in part]  # ties: the better clean accuracy first
+        frame = part.sort_values(order, ascending=False, kind="stable")[[c for c in cols if c in part]]
+        ranks = frame["robust_accuracy"].rank(method="min", ascending=False).astype(int).to_numpy()
         frame = compact_columns(frame.reset_index(drop=True))
         frame = frame.rename(columns={"label": "model", "robust accuracy [95% CI]": f"robust accuracy ({tm}) [95% CI]"})
-        frame.insert(0, "rank", range(1, len(frame) + 1))
+        frame.insert(0, "rank (ties share one)", ranks)
         out.append((tm, eps, frame))
     return out
 
