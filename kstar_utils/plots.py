@@ -818,8 +818,8 @@ def gamma_heatmap(table: pd.DataFrame, row: str = "model", col: str = "data", va
     for c in (row, col, value):
         if c not in table:
             raise KStarInputError(f"gamma_heatmap needs column {c!r}; the table has {list(table.columns)}.")
-    extra = [c for c in (f"{value}_lo", f"{value}_hi", accuracy,
-                         chance if isinstance(chance, str) else None) if c and c in table]
+    table = _mark_near_chance(table, accuracy, chance, chance_margin)
+    extra = [c for c in (f"{value}_lo", f"{value}_hi", accuracy, "_near") if c in table]
     agg = _aggregate_cells(table, [row, col], value, extra)
     rows = list(row_order) if row_order is not None else list(dict.fromkeys(table[row]))
     cols = list(col_order) if col_order is not None else list(dict.fromkeys(table[col]))
@@ -844,10 +844,7 @@ def gamma_heatmap(table: pd.DataFrame, row: str = "model", col: str = "data", va
                 ax.text(j, i, _fmt_gamma(float(rec[value])), ha="center", va="center", fontsize=FONT)
                 continue
             v = float(rec[value])
-            near = False
-            if accuracy and accuracy in rec and chance is not None:
-                ch = rec[chance] if isinstance(chance, str) else chance
-                near = bool(_near_chance(rec[accuracy], ch, chance_margin))
+            near = "_near" in rec and bool(rec["_near"] > 0)  # any of the cell's rows (seeds) near chance
             text = _num(v) + ("†" if near else "")
             if has_ci and np.isfinite(rec[f"{value}_lo"]) and np.isfinite(rec[f"{value}_hi"]):
                 text += f"\n[{_num(rec[f'{value}_lo'])}, {_num(rec[f'{value}_hi'])}]"  # whether it excludes 0
@@ -873,16 +870,21 @@ def gamma_heatmap(table: pd.DataFrame, row: str = "model", col: str = "data", va
     cb.ax.tick_params(labelsize=FONT)
     for t in (threshold, -threshold):
         cb.ax.axhline(t, color="black", lw=0.8)
-    notes = [f"Gamma' > {threshold:g} fractured (blue), < -{threshold:g} clustered (green), between them "
-             "overlapped (pale red)"]
+    pooled = int(agg["rows"].max()) if len(agg) else 1
+    notes = [f"Each cell: Gamma' (the colour: > {threshold:g} fractured, blue; < -{threshold:g} clustered, green; "
+             "between them overlapped, pale red)"]
+    if pooled > 1:
+        notes.append("a cell of several rows (seeds) shows their mean, and says how many")
     if has_ci:
-        notes.append("brackets: 95% bootstrap interval")
+        notes.append("brackets: 95% bootstrap interval of Gamma'" + (" (the mean of the rows' bounds)" if pooled > 1
+                                                                     else ""))
     if flagged:
-        notes.append(f"† and dashed frame: accuracy within {chance_margin:g} of chance")
-    elif chance is not None and accuracy and accuracy in table:  # only what was checked is said
-        notes.append(f"no cell has accuracy within {chance_margin:g} of chance")
-    ax.set_title("\n".join(([title] if title else []) + [textwrap.fill("; ".join(notes), 100)]), fontsize=SMALL,
-                 loc="left")
+        notes.append(f"† and dashed frame: accuracy within {chance_margin:g} of chance"
+                     + (" in at least one of the cell's rows" if pooled > 1 else ""))
+    elif "_near" in table:  # only what was checked is said
+        notes.append(f"no {'row' if pooled > 1 else 'cell'} has accuracy within {chance_margin:g} of chance")
+    if title:
+        ax.set_title(title, fontsize=SMALL, loc="left")
     _style_axes(ax, FONT)
     ax.title.set_fontsize(SMALL)
     alt = (f"Heatmap of Gamma' for {len(rows)} {row}s (rows) by {len(cols)} {col} values (columns), each cell "
@@ -890,7 +892,7 @@ def gamma_heatmap(table: pd.DataFrame, row: str = "model", col: str = "data", va
            + (f"; {flagged} cell{'' if flagged == 1 else 's'} marked with a dagger where accuracy is near chance"
               if chance is not None else "")
            + ".")
-    return _finish(fig, alt)
+    return _finish(fig, alt, "; ".join(notes) + ".")
 
 
 def gamma_lines(table: pd.DataFrame, x: str = "data", y: str = "gamma_prime", model: str = "model",
@@ -906,8 +908,8 @@ def gamma_lines(table: pd.DataFrame, x: str = "data", y: str = "gamma_prime", mo
     for c in (x, y, model):
         if c not in table:
             raise KStarInputError(f"gamma_lines needs column {c!r}; the table has {list(table.columns)}.")
-    extra = [c for c in (f"{y}_lo", f"{y}_hi", accuracy, chance if isinstance(chance, str) else None)
-             if c and c in table]
+    table = _mark_near_chance(table, accuracy, chance, chance_margin)
+    extra = [c for c in (f"{y}_lo", f"{y}_hi", accuracy, "_near") if c in table]
     agg = _aggregate_cells(table, [model, x], y, extra)
     cats = list(order) if order is not None else list(dict.fromkeys(table[x]))
     models = list(dict.fromkeys(table[model]))
@@ -936,9 +938,8 @@ def gamma_lines(table: pd.DataFrame, x: str = "data", y: str = "gamma_prime", mo
         ax.errorbar(xs, vals, yerr=err, color=colour, marker=MARKERS[k % len(MARKERS)],
                     ls=LINESTYLES[(k // len(OKABE_ITO)) % len(LINESTYLES)], ms=7, mec="black", mew=0.6, lw=1.4,
                     capsize=2, label=str(m), zorder=4)
-        if accuracy and accuracy in part and chance is not None:
-            ch = part[chance].to_numpy(float) if isinstance(chance, str) else chance
-            near = _near_chance(part[accuracy].to_numpy(float), ch, chance_margin)
+        if "_near" in part:  # a point is marked when any of its rows (seeds) is near chance, not only their mean
+            near = part["_near"].to_numpy(float) > 0
             if near.any():
                 flagged += int(near.sum())
                 ax.scatter(xs[near], vals[near], marker="X", s=110, color="black", zorder=6)
@@ -948,15 +949,19 @@ def gamma_lines(table: pd.DataFrame, x: str = "data", y: str = "gamma_prime", mo
     ax.set_xlim(-0.5, len(cats) - 0.5)
     ax.set_xlabel(x, fontsize=FONT)
     ax.set_ylabel("Gamma' (approximate skewness coefficient)", fontsize=FONT)
-    notes = []
+    notes = ["Bands: mostly fractured (Gamma' > " f"{threshold:g}, blue), overlapped (red), clustered "
+             f"(Gamma' < -{threshold:g}, green)"]
     if pooled > 1:
         notes.append(f"each point: the mean of a {model}'s {pooled} rows (seeds); bars: their range")
     elif f"{y}_lo" in agg:
         notes.append("bars: 95% bootstrap interval of Gamma'")
-    if chance is not None and not flagged and accuracy and accuracy in table:  # in words, not a legend entry
-        notes.append(f"no point has accuracy within {chance_margin:g} of chance")
-    ax.set_title("\n".join(([title] if title else []) + ([textwrap.fill("; ".join(notes), 80)] if notes else [])),
-                 fontsize=SMALL, loc="left")
+    if flagged:
+        notes.append(f"ringed crosses: accuracy within {chance_margin:g} of chance"
+                     + (" in at least one of the point's rows (seeds)" if pooled > 1 else ""))
+    elif "_near" in table:  # in words, not a legend entry
+        notes.append(f"no {'row (seed)' if pooled > 1 else 'point'} has accuracy within {chance_margin:g} of chance")
+    if title:
+        ax.set_title(title, fontsize=SMALL, loc="left")
     handles, names = _region_handles()
     mh, mn = ax.get_legend_handles_labels()
     if flagged:
@@ -968,8 +973,19 @@ def gamma_lines(table: pd.DataFrame, x: str = "data", y: str = "gamma_prime", mo
     alt = (f"Line plot of Gamma' for {len(models)} {model}s across {len(cats)} {x} values ({', '.join(map(str, cats))})"
            f", one line per {model}, over bands for mostly fractured, overlapped and clustered"
            + (f"; each point the mean of {pooled} rows (seeds), bars their range" if pooled > 1 else "")
-           + (f"; {flagged} points marked as near chance accuracy" if chance is not None else "") + ".")
-    return _finish(fig, alt)
+           + (f"; {flagged} point{'' if flagged == 1 else 's'} marked as near chance accuracy"
+              if chance is not None else "") + ".")
+    return _finish(fig, alt, "; ".join(notes) + ".")
+
+
+def _mark_near_chance(table: pd.DataFrame, accuracy: str | None, chance: float | str | None,
+                      margin: float) -> pd.DataFrame:
+    """``table`` with ``_near`` (1.0 where a row's accuracy is within ``margin`` of ``chance``), so that a cell or
+    point averaging several rows (seeds) can be marked when any of them is, not only when their mean is."""
+    if not accuracy or accuracy not in table or chance is None:
+        return table
+    ch = table[chance].to_numpy(float) if isinstance(chance, str) else chance
+    return table.assign(_near=_near_chance(table[accuracy].to_numpy(float), ch, margin).astype(float))
 
 
 # ------------------------------------------------------------------------------------------- beyond: the fracture

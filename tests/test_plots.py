@@ -377,14 +377,23 @@ def test_gamma_lines_draws_one_line_per_model_with_chance_marks():
 
 
 def test_chance_marks_are_explained_only_where_drawn():
-    """With no model near chance, the legend has no entry for a marker drawn nowhere and the title says so."""
+    """With no model near chance, the legend has no entry for a marker drawn nowhere and the caption says so; with
+    one seed near chance, the point averaging it (and the cell) is marked, though the mean is not near chance."""
     table = _openclip_table().assign(accuracy=0.7)
     lines = plots.gamma_lines(table, chance=0.1)
     assert "accuracy within 0.1 of chance" not in [t.get_text() for t in lines.legends[0].get_texts()]
-    assert "no point has accuracy within 0.1 of chance" in lines.axes[0].get_title(loc="left").replace("\n", " ")
+    assert "no row (seed) has accuracy within 0.1 of chance" in plots.caption(lines)
     heat = plots.gamma_heatmap(table, chance=0.1)
-    title = heat.axes[0].get_title(loc="left").replace("\n", " ")
-    assert "no cell has accuracy within 0.1 of chance" in title and "dashed frame" not in title
+    assert "no row has accuracy within 0.1 of chance" in plots.caption(heat)
+    assert "dashed frame" not in plots.caption(heat)
+    one = table.index[(table.model == "convnext_base") & (table.data == "blur") & (table.seed == 1)]
+    table.loc[one, "accuracy"] = 0.15  # mean over the two seeds 0.425: far from chance, one seed near it
+    lines = plots.gamma_lines(table, chance=0.1)
+    assert "1 point marked as near chance" in plots.alt_text(lines)
+    assert "in at least one of the point's rows (seeds)" in plots.caption(lines)
+    heat = plots.gamma_heatmap(table, chance=0.1)
+    assert sum("†" in t.get_text() for t in heat.axes[0].texts) == 1
+    assert "in at least one of the cell's rows" in plots.caption(heat)
 
 
 def test_gamma_lines_with_seeds_draws_their_mean_and_range_not_averaged_interval_bounds():
@@ -397,13 +406,13 @@ def test_gamma_lines_with_seeds_draws_their_mean_and_range_not_averaged_interval
     low, high = segments[2][0][1], segments[2][1][1]
     assert (low, high) == pytest.approx((cell.min(), cell.max()))
     assert bars.lines[0].get_data()[1][2] == pytest.approx(cell.mean())
-    assert "each point: the mean of a model's 2 rows (seeds); bars: their range" in ax.get_title(loc="left")
-    assert "bootstrap" not in ax.get_title(loc="left")
+    assert "each point: the mean of a model's 2 rows (seeds); bars: their range" in plots.caption(fig)
+    assert "bootstrap" not in plots.caption(fig)
     wide = table.assign(gamma_prime=np.where(table.seed == 0, 3.0, -2.5))  # seeds far apart: no bar is cut
     bottom, top = plots.gamma_lines(wide).axes[0].get_ylim()
     assert bottom < -2.5 and top > 3.0
     one_seed = plots.gamma_lines(table[table.seed == 0])
-    assert "bars: 95% bootstrap interval of Gamma'" in one_seed.axes[0].get_title(loc="left")
+    assert "bars: 95% bootstrap interval of Gamma'" in plots.caption(one_seed)
 
 
 # --------------------------------------------------------------------------------------------- fracture gallery
