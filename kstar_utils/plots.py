@@ -43,6 +43,10 @@ REGION_FILL = {"Fractured": "#4c72b0", "Overlapped": "#dd5555", "Clustered": "#5
 PATTERN_COLOUR = {"Fractured": "#2f5d9e", "Overlapped": "#c0392b", "Clustered": "#2e8540"}
 OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000")
 MARKERS = ("o", "s", "D", "^", "v", "P", "X", "*")
+# Groups that appear in several figures keep one style everywhere (L2 was orange squares on the index and blue
+# circles on its own panel): a group named here takes its style, any other the next free palette entry.
+GROUP_STYLES = {"Linf": (OKABE_ITO[0], MARKERS[0]), "L2": (OKABE_ITO[1], MARKERS[1]),
+                "corruptions": (OKABE_ITO[3], MARKERS[3])}
 LINESTYLES = ("-", "--", ":", "-.")
 FIGURE_WIDTH_IN = 9.0
 DISPLAY_WIDTH_PX = 900
@@ -474,8 +478,10 @@ def compare_distributions(first: KStarResult, second: KStarResult, titles: Seque
 
 
 def embedding_scatter(features: np.ndarray, labels: Sequence, method: str = "tsne", seed: int = 0,
-                      ax: plt.Axes | None = None, title: str | None = None, max_points: int = 3000) -> Figure:
-    """t-SNE or UMAP of features, coloured by class (the comparison of Figure 2)."""
+                      ax: plt.Axes | None = None, title: str | None = None, max_points: int = 3000,
+                      legend: bool = True) -> Figure:
+    """t-SNE or UMAP of features, coloured by class (the comparison of Figure 2); the caption names the method's
+    settings, so that a reader can make the same picture."""
     x = np.asarray(features, dtype=np.float32)
     y = np.asarray(labels).astype(str)
     if len(x) > max_points:
@@ -486,6 +492,7 @@ def embedding_scatter(features: np.ndarray, labels: Sequence, method: str = "tsn
 
         perplexity = float(min(30, max(2, (len(x) - 1) // 3)))
         xy = TSNE(n_components=2, random_state=seed, init="pca", perplexity=perplexity).fit_transform(x)
+        settings = f"t-SNE (scikit-learn, perplexity {perplexity:g}, PCA initialisation, seed {seed})"
     elif method == "umap":
         import umap
 
@@ -494,6 +501,7 @@ def embedding_scatter(features: np.ndarray, labels: Sequence, method: str = "tsn
         with torch_threads_kept():
             xy = umap.UMAP(n_components=2, random_state=seed, n_neighbors=min(15, len(x) - 1),
                            n_jobs=1).fit_transform(x)
+        settings = f"UMAP (umap-learn, {min(15, len(x) - 1)} neighbours, euclidean, seed {seed})"
     else:
         raise KStarInputError(f"unknown method {method!r}; use 'tsne' or 'umap'.")
     if ax is None:
@@ -509,11 +517,30 @@ def embedding_scatter(features: np.ndarray, labels: Sequence, method: str = "tsn
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_title(title or method.upper(), fontsize=FONT)
-    if len(classes) <= 12:
+    if legend and len(classes) <= 12:
         ax.legend(markerscale=3, fontsize=SMALL, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     name = "t-SNE" if method == "tsne" else "UMAP"
+    sampled = f" (a seeded sample of {max_points} of {len(features)})" if len(features) > max_points else ""
     return _finish(fig, f"{name} projection of {len(x)} feature vectors{' (' + title + ')' if title else ''}, "
-                        f"coloured by class ({len(classes)} classes).")
+                        f"coloured by class ({len(classes)} classes).",
+                   f"{settings} of {len(x)} feature vectors{sampled}. Colours mark classes, not the fractured, "
+                   "overlapped and clustered colours of the k* figures; distances and cluster sizes in such a "
+                   "projection are not those of the latent space.")
+
+
+def compare_embeddings(first: tuple[np.ndarray, Sequence], second: tuple[np.ndarray, Sequence],
+                       method: str = "tsne", titles: Sequence[str] = ("first", "second"), seed: int = 0) -> Figure:
+    """Two models' t-SNE or UMAP side by side (Figure 2's embeddings), each ``(features, labels)``, one legend for
+    both: stacked one above the other, the pair could not be compared by eye."""
+    fig = _new_figure(4.6)
+    axes = fig.subplots(1, 2)
+    for ax, (features, labels), title in zip(axes, (first, second), titles):
+        embedding_scatter(features, labels, method=method, seed=seed, ax=ax, title=textwrap.fill(str(title), 40),
+                          legend=False)
+    handles, names = axes[0].get_legend_handles_labels()
+    if len(names) <= 12:
+        fig.legend(handles, names, loc="outside right upper", markerscale=3, fontsize=SMALL, frameon=False)
+    return fig
 
 
 # ------------------------------------------------------------------------------------------------- Figures 3 and 4
@@ -659,7 +686,7 @@ def gamma_regions(frame: pd.DataFrame, x: str, y: str = "gamma_prime", hue: str 
     points_for_labels = []
     any_seeds_shown = False
     for i, (name, part) in enumerate(groups):
-        colour, marker = OKABE_ITO[i % len(OKABE_ITO)], MARKERS[i % len(MARKERS)]
+        colour, marker = GROUP_STYLES.get(str(name), (OKABE_ITO[i % len(OKABE_ITO)], MARKERS[i % len(MARKERS)]))
         seeds_shown = config is not None and part.groupby(config).size().max() > 1
         any_seeds_shown |= seeds_shown
         if seeds_shown:
@@ -1126,6 +1153,7 @@ __all__ = [
     "kstar_density",
     "kstar_distributions",
     "compare_distributions",
+    "compare_embeddings",
     "most_fractured_classes",
     "overlapping_texts",
     "readability_problems",

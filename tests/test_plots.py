@@ -530,3 +530,29 @@ def test_umap_projection_keeps_the_callers_torch_thread_count(rng):
     assert threads == 1
     _readable(fig)
     assert "UMAP" in plots.alt_text(fig)
+
+
+def test_a_threat_model_keeps_its_style_in_every_figure():
+    """L2 drawn alone (page 03) looks as it does beside Linf (the index)."""
+    table = _robustness_table(1)
+    both = plots.gamma_regions(table, "accuracy", hue="threat_model", n_boot=100)
+    alone = plots.gamma_regions(table[table.threat_model == "L2"], "accuracy", hue="threat_model", n_boot=100)
+
+    def style(fig):
+        bars = next(c for c in fig.axes[0].containers if str(c.get_label()).startswith("L2"))
+        line = bars.lines[0]
+        return line.get_color(), line.get_marker()
+
+    assert style(both) == style(alone) == plots.GROUP_STYLES["L2"]
+
+
+def test_compare_embeddings_sets_the_pair_side_by_side_and_names_the_settings(rng):
+    x, y = rng.normal(size=(90, 5)), np.repeat(["a", "b", "c"], 30)
+    fig = plots.compare_embeddings((x, y), (x + 1.0, y), method="tsne", titles=["model A", "model B"], seed=3)
+    _readable(fig)
+    left, right = fig.axes[:2]
+    assert left.get_title() == "model A" and right.get_title() == "model B"
+    assert left.get_position().y0 == pytest.approx(right.get_position().y0)  # side by side, not stacked
+    assert len(fig.legends) == 1 and [t.get_text() for t in fig.legends[0].get_texts()] == ["a", "b", "c"]
+    assert "t-SNE (scikit-learn, perplexity 29, PCA initialisation, seed 3) of 90 feature vectors" in plots.caption(fig)
+    assert "Colours mark classes" in plots.caption(fig)

@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..evidence import format_number
+from ..pipeline.claims import shifted_set_means
 from .notebook import Results, model_links, table_one
 from .render import MISSING, alt_text, format_value, png, table_html, write_page
 
@@ -39,26 +40,41 @@ def model_title(results: Results, model_id: str) -> str:
 
 
 def model_accuracies(results: Results, model_id: str) -> str:
-    """The model's accuracies with their 95% intervals, one clause each ("" when none was measured)."""
+    """The model's accuracies with their 95% intervals, one clause each ("" when none was measured): on its clean
+    evaluated set (named alike for every model), under attack, and for a model evaluated on shifted sets, the mean
+    accuracy and mean Gamma' over them (the quantities its generalisation test uses)."""
     parts = []
+    clean_set = _evaluated_set(results, model_id)
     rob = results.table("robustness")
     rows = rob[rob["model"] == model_id] if not rob.empty else rob
+    gen = results.table("generalisation")
+    own = gen[gen["model"] == model_id] if not gen.empty else gen
     if len(rows):
         r = rows.iloc[0]
-        parts.append(f"clean accuracy {_ci(r['clean_accuracy'], r['clean_accuracy_lo'], r['clean_accuracy_hi'])}")
+        parts.append(f"clean accuracy{clean_set} "
+                     f"{_ci(r['clean_accuracy'], r['clean_accuracy_lo'], r['clean_accuracy_hi'])}")
         for _, r in rows.iterrows():
             eps = pd.to_numeric(r.get("eval_eps"), errors="coerce")
             budget = f" (eps {float(eps):g})" if pd.notna(eps) else ""
             parts.append(f"{r['threat_model']} robust accuracy{budget} "
                          f"{_ci(r['robust_accuracy'], r['robust_accuracy_lo'], r['robust_accuracy_hi'])}")
-    else:
-        gen = results.table("generalisation")
-        rows = gen[gen["model"] == model_id] if not gen.empty else gen
-        if len(rows):
-            r = rows.iloc[0]
-            parts.append(f"accuracy on {r['data']} {_ci(r['accuracy'], r['accuracy_lo'], r['accuracy_hi'])}")
+    elif len(own):
+        r = own.iloc[0]
+        name = "clean accuracy" if "shift" in own and r["shift"] == "clean" else "accuracy"
+        parts.append(f"{name} ({r['data']}) {_ci(r['accuracy'], r['accuracy_lo'], r['accuracy_hi'])}")
+    means = shifted_set_means(own) if len(own) else pd.DataFrame()
+    if not means.empty:
+        count = int((own["shift"] != "clean").sum())
+        parts.append(f"mean over the {count} shifted sets: accuracy {format_number(means['accuracy'].iloc[0])}, "
+                     f"Gamma' {format_number(means['gamma_prime'].iloc[0])}")
     text = "; ".join(parts)
     return text[:1].upper() + text[1:]
+
+
+def _evaluated_set(results: Results, model_id: str) -> str:
+    """" (digits/test)": the data set of a model's first (clean) k* result, which its page's figures show."""
+    entries = results.model(model_id).get("results") or []
+    return f" ({entries[0]['data']})" if entries else ""
 
 
 def model_sections(results: Results, model_id: str) -> list[dict]:
@@ -67,12 +83,13 @@ def model_sections(results: Results, model_id: str) -> list[dict]:
 
     res = results.kstar(model_id)
     sections = []
-    fig = plots.kstar_distributions(res, title=results.model(model_id)["label"])
-    sections.append({"heading": "k* distribution of every concept", "png": png(fig),
+    on = _evaluated_set(results, model_id)
+    fig = plots.kstar_distributions(res, title=results.model(model_id)["label"] + on)
+    sections.append({"heading": f"k* distribution of every concept{on}", "png": png(fig),
                      "alt": alt_text(fig, f"Per-class k* distributions of {model_id}"),
                      "text": "Each row is a concept (class); fractured concepts have their mass at low k*."})
     table = res.per_class.copy()
-    sections.append({"heading": "Per-class statistics", "table": table_html(table)})
+    sections.append({"heading": f"Per-class statistics{on}", "table": table_html(table)})
     gen = results.table("generalisation")
     rows = gen[gen["model"] == model_id] if not gen.empty else gen
     if len(rows) > 1:
@@ -84,7 +101,7 @@ def model_sections(results: Results, model_id: str) -> list[dict]:
     if images is not None and partners:
         fig = plots.fracture_gallery(images, res.labels, None, res,
                                      nearest=lambda _f, _y, queries, _m: [partners[int(q)] for q in queries])
-        sections.append({"heading": "What splits a concept: the samples with the smallest k*", "png": png(fig),
+        sections.append({"heading": f"What splits a concept: the samples with the smallest k*{on}", "png": png(fig),
                          "alt": alt_text(fig, f"Evaluated images of {model_id} with the smallest k*, each beside its "
                                               "nearest neighbour from another class"),
                          "text": "For the three classes with the largest skew (the most fractured first; each panel "
@@ -145,10 +162,17 @@ def index_figures(results: Results) -> list[dict]:
                                              "fractured/overlapped/clustered regions"),
                         "caption": plots.caption(fig), "png": png(fig)})
     gen = results.table("generalisation")
-    if not gen.empty:
-        fig = plots.gamma_regions(gen, "accuracy", hue="set", label=None, **plots.seed_grouping(gen),
-                                  xlabel=results.summary.get("x_labels", {}).get("generalisation", "accuracy"),
-                                  title="Gamma' against generalisation")
+    means = shifted_set_means(gen) if not gen.empty else pd.DataFrame()
+    if not means.empty:  # the figure of the test the headline verdict rests on
+        fig = plots.gamma_regions(means, "accuracy", label="label", **plots.seed_grouping(means),
+                                  xlabel="mean accuracy on the shifted test sets",
+                                  title="Gamma' against generalisation: the main test (means over the shifted sets)")
+        figures.append({"alt": alt_text(fig, "Each model's mean Gamma' over the shifted sets against its mean "
+                                             "accuracy there"), "caption": plots.caption(fig), "png": png(fig)})
+    elif not gen.empty:
+        fig = plots.gamma_regions_by(gen, "accuracy", by="set", **plots.seed_grouping(gen),
+                                     xlabel=results.summary.get("x_labels", {}).get("generalisation", "accuracy"),
+                                     title="Gamma' against generalisation, one panel per data set")
         figures.append({"alt": alt_text(fig, "Gamma' of each model on each data set against its accuracy there"),
                         "caption": plots.caption(fig), "png": png(fig)})
     return figures
