@@ -88,7 +88,7 @@ def _run_compute(args: argparse.Namespace) -> int:
     one_file = Path(args.features).is_file() and Path(labels_path).is_file() \
         and Path(args.features).samefile(labels_path)
     features = read_features(args.features, labels_in_file=one_file)
-    labels = read_labels(labels_path)
+    labels = read_labels(labels_path, table=one_file)  # one table gives both: read its labels as a table too
     start = time.perf_counter()
     result = compute_kstar(
         features, labels, metric=args.metric, method=args.method, threshold=args.threshold, device=args.device,

@@ -226,7 +226,7 @@ def read_features(path: str | os.PathLike, labels_in_file: bool = False) -> np.n
     return features
 
 
-def read_labels(path: str | os.PathLike) -> np.ndarray:
+def read_labels(path: str | os.PathLike, table: bool = False) -> np.ndarray:
     """Read N labels from .npy, .npz, .txt, .csv or .parquet (or an extract directory), exactly as written.
 
     Rules (deterministic; nothing is guessed from what a word looks like):
@@ -241,6 +241,7 @@ def read_labels(path: str | os.PathLike) -> np.ndarray:
     * Labels are integers only when *every* label is a plain integer (``-?(0|[1-9][0-9]*)``); otherwise all are kept
       as the strings written, so ``007``, ``07`` and ``7`` stay three classes and ``NA`` is the class ``NA``.
     * An empty cell (or a blank line, a parquet null, a NaN) is a missing label: KStarInputError naming its row.
+    * ``table=True`` (the same file gives the features): a ``.txt`` is read as a table too, like a ``.csv``.
     * In an extract directory, integer labels are mapped to the class names of ``classes.json`` when it exists.
     """
     p = _check_path(path, "labels")
@@ -258,7 +259,7 @@ def read_labels(path: str | os.PathLike) -> np.ndarray:
     elif suffix == ".parquet":
         labels = _read_parquet_labels(p)
     else:
-        labels = _read_text_labels(p, one_per_line=suffix == ".txt")
+        labels = _read_text_labels(p, one_per_line=suffix == ".txt" and not table)
     _check_no_missing(np.asarray(labels), p)
     return labels
 

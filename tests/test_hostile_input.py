@@ -670,3 +670,18 @@ def test_x_y_label_tables_keep_y_as_a_coordinate(tmp_path):
     (tmp_path / "two.csv").write_text("a,label,class\n1.5,0,0\n")
     with pytest.raises(KStarInputError, match="it names 'label' and 'class': rename all but one"):
         read_labels(tmp_path / "two.csv")
+
+
+def test_one_txt_table_gives_features_and_labels_alike(tmp_path, capsys):
+    """`kstar compute t.txt t.txt`: the labels come from the table's label column, not one per line (which had
+    counted the header line as a label)."""
+    rng = np.random.default_rng(4)
+    x, y = rng.normal(size=(30, 2)), rng.integers(0, 3, 30)
+    rows = "".join(f"{float(a)!r}\t{float(b)!r}\t{c}\n" for (a, b), c in zip(x, y))
+    (tmp_path / "t.txt").write_text("x1\tx2\tlabel\n" + rows)
+    assert main(["compute", str(tmp_path / "t.txt"), str(tmp_path / "t.txt"), "--out", str(tmp_path / "o"),
+                 "--method", "exact", "--quiet"]) == 0
+    from kstar_utils import compute_kstar
+
+    written = pd.read_csv(tmp_path / "o" / "samples.csv")
+    assert written["kstar"].tolist() == compute_kstar(x, y).kstar.tolist()
