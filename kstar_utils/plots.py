@@ -474,7 +474,8 @@ def compare_distributions(first: KStarResult, second: KStarResult, titles: Seque
     intervals = all(_interval_text(r, "gamma_prime") for r in (first, second))
     return _finish(fig, "The two panels share the class axis.",
                    "Beside each class: its skew and pattern (F fractured, O overlapped, C clustered); the star is the "
-                   "class mean" + ("; brackets: 95% bootstrap intervals." if intervals else "."))
+                   "class mean, the boxes the quantiles of its k* (a boxen plot)"
+                   + ("; in the titles, brackets: 95% bootstrap intervals of Gamma'." if intervals else "."))
 
 
 def embedding_scatter(features: np.ndarray, labels: Sequence, method: str = "tsne", seed: int = 0,
