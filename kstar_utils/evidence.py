@@ -315,6 +315,13 @@ def _residualise(v: np.ndarray, z: np.ndarray) -> np.ndarray:
     return v - np.einsum("bnk,bk->bn", design, coef)
 
 
+def _explained(residual: np.ndarray, values: np.ndarray) -> bool:
+    """The controls explain ``values`` completely: what is left is rounding noise (about 1e-15 of their spread). Its
+    correlation with anything would be a number without meaning, so the test is not made."""
+    spread = float(np.linalg.norm(values - np.mean(values)))
+    return spread == 0 or float(np.linalg.norm(residual)) <= 1e-9 * spread
+
+
 def partial_correlation(x: Any, y: Any, controls: Any, method: str = "spearman", units: str = "models",
                         n_boot: int = CORRELATION_BOOT, n_perm: int = PERMUTATIONS, seed: int = 0,
                         confidence: float = CONFIDENCE,
@@ -353,6 +360,9 @@ def partial_correlation(x: Any, y: Any, controls: Any, method: str = "spearman",
 
     ta, tb, tz = transform(a), transform(b), np.column_stack([transform(z[:, j]) for j in range(k)])
     ea, eb = _residualise(ta, tz), _residualise(tb, tz)
+    if _explained(ea, ta) or _explained(eb, tb):  # nothing of x (or y) is left beyond the controls
+        ev.extra.update(explained="units", explained_variable=x_name if _explained(ea, ta) else y_name)
+        return ev
     ev.rho = float(_rows_corr(ea, eb))
     ev.pearson = float(_rows_corr(_residualise(a, z), _residualise(b, z)))
     rng = np.random.default_rng(seed)
@@ -376,10 +386,16 @@ def partial_correlation(x: Any, y: Any, controls: Any, method: str = "spearman",
         means = pd.DataFrame(np.column_stack([a, b, z])).groupby(g).mean().to_numpy()
         if len(means) >= k + 4:
             gz = np.column_stack([transform(means[:, 2 + j]) for j in range(k)])
-            ga, gb = _residualise(transform(means[:, 0]), gz), _residualise(transform(means[:, 1]), gz)
-            observed = float(_rows_corr(ga, gb))
-            ev.p_value, ev.exact_permutation = _permutation_p(ga, gb, observed, n_perm, rng)
-            ev.extra["group_mean_rho"] = observed
+            ma, mb = transform(means[:, 0]), transform(means[:, 1])
+            ga, gb = _residualise(ma, gz), _residualise(mb, gz)
+            if _explained(ga, ma) or _explained(gb, mb):
+                # e.g. 6 configuration means ordered alike by accuracy and by the control: their residuals are
+                # rounding noise, and a permutation test of noise (it had given rho 0.89, p 0.033) tests nothing
+                ev.extra.update(explained="means", explained_variable=x_name if _explained(ga, ma) else y_name)
+            else:
+                observed = float(_rows_corr(ga, gb))
+                ev.p_value, ev.exact_permutation = _permutation_p(ga, gb, observed, n_perm, rng)
+                ev.extra["group_mean_rho"] = observed
     return ev
 
 
@@ -492,6 +508,9 @@ def evidence_numbers(evidence: Evidence, short: bool = False) -> str:
         perm = "" if short else ("exact permutation " if evidence.exact_permutation else "permutation ")
         return f"{head}, {perm}{p}, n = {evidence.n} {evidence.units}"
     unit = f"n = {evidence.n} {evidence.units} in {evidence.n_groups} {evidence.group_units}"
+    if evidence.extra.get("explained") == "means":
+        return (f"{head}, {unit}; no permutation test: on the means of the {evidence.n_groups} "
+                f"{evidence.group_units} the controls leave nothing to test")
     if short:
         return f"{head}, {unit}; {p} (means of the {evidence.n_groups} {evidence.group_units})"
     perm = "exact permutation" if evidence.exact_permutation else "permutation"
@@ -514,7 +533,15 @@ def claim_sentence(claim: str, evidence: Evidence, expected_sign: int = -1, negl
     nums = evidence_numbers(evidence)
     control = f", controlling for {' and '.join(evidence.controls)}" if evidence.controls else ""
     lo, hi = evidence.ci
-    if evidence.n < MIN_UNITS or not (np.isfinite(lo) and np.isfinite(hi)):
+    explained = evidence.extra.get("explained")
+    if explained:
+        over = f"over the means of the {_groups(evidence)}" if explained == "means" else f"over the {evidence.units}"
+        controls = " and ".join(evidence.controls)
+        which = x if evidence.extra.get("explained_variable") == evidence.x_name else y
+        body = (f"not testable {over}: there {controls} put{'s' if len(evidence.controls) == 1 else ''} them in "
+                f"the same order as {which}, so nothing is left to correlate, and this design cannot separate the "
+                "two")
+    elif evidence.n < MIN_UNITS or not (np.isfinite(lo) and np.isfinite(hi)):
         body = f"too few units to tell how {y} relates to {x}{control}"
     elif -negligible <= lo and hi <= negligible:
         body = (f"no relation of note between {y} and {x}{control}: the whole interval lies within "

@@ -200,8 +200,11 @@ def test_multiple_tests_caveat_counts_the_tests_and_names_what_holm_keeps(profil
     rows = summary["evidence_table"]
     text = next(c for c in summary["caveats"] if c.startswith("Multiple tests"))
     per_claim = {c: sum(r["claim"] == c for r in rows) for c in ("robustness", "generalisation")}
+    untested = sum(not np.isfinite(r["p_value"]) for r in rows)  # controls that leave nothing to test
     assert f"the report makes {len(rows)} tests ({per_claim['robustness']} for robustness, " \
-           f"{per_claim['generalisation']} for generalisation)" in text
+           f"{per_claim['generalisation']} for generalisation" + (
+               f"; {untested} of them could not be tested and are left out of the adjustment)" if untested else ")") \
+        in text
     for claim in per_claim:
         family = [r for r in rows if r["claim"] == claim]
         expected = evidence.holm_adjusted([r["p_value"] for r in family])

@@ -312,3 +312,29 @@ def test_holm_adjustment_matches_the_step_down_rule_and_leaves_nan_out():
     assert np.allclose(adjusted[:4], [0.03, 0.06, 0.06, 0.02]) and np.isnan(adjusted[4])
     assert np.allclose(evidence.holm_adjusted([0.6, 0.9]), [1.0, 1.0])  # capped at 1
     assert evidence.holm_adjusted([]).shape == (0,)
+
+
+def test_a_partial_test_whose_controls_explain_everything_is_not_made():
+    """Six configuration means ordered alike by x and by the control: what is left of x is rounding noise (about
+    1e-15), whose correlation with y had come out as rho 0.89, p 0.033. No test is made, and the sentence says why."""
+    rng = np.random.default_rng(2)
+    config = np.repeat(np.arange(6), 3)
+
+    def around(step):  # seeds spread around their configuration's mean, which rises with the configuration
+        noise = rng.normal(0, 0.03, 18)
+        return config * step + noise - np.repeat(noise.reshape(6, 3).mean(axis=1), 3)
+
+    x, control = around(0.1), around(0.05)  # ordered alike over the means, not within them
+    y = -x + rng.normal(0, 0.05, 18)
+    ev_ = evidence.partial_correlation(x, y, {"clean accuracy": control}, groups=config, units="model-seed pairs",
+                                       group_units="configurations", n_boot=300, n_perm=500, x_name="accuracy",
+                                       y_name="Gamma'")
+    assert ev_.extra["explained"] == "means" and ev_.extra["explained_variable"] == "accuracy"
+    assert np.isnan(ev_.p_value) and "group_mean_rho" not in ev_.extra
+    assert evidence.verdict(ev_) == evidence.INCONCLUSIVE
+    sentence = evidence.claim_sentence("Generalisation", ev_)
+    assert "not testable over the means of the 6 configurations: there clean accuracy puts them in the same order " \
+           "as accuracy" in sentence and "no permutation test" in sentence
+    same = evidence.partial_correlation(x, y, {"a copy of x": 2 * x + 1}, n_boot=100, n_perm=100)
+    assert same.extra["explained"] == "units" and np.isnan(same.rho)  # nothing of x left at all
+    assert np.isnan(evidence.holm_adjusted([0.01, ev_.p_value])[1])  # left out of Holm's family

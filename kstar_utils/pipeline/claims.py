@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from .. import evidence as ev
@@ -285,12 +286,20 @@ def _clean_confound(generalisation: pd.DataFrame, rows: list[dict]) -> str:
     means = shifted_set_means(generalisation)  # the models of that partial test, which had every clean accuracy
     clean = _clean_accuracy(generalisation, means["model"])
     rho = clean.rank().corr(means["accuracy"].rank())
+    between = ""
+    if "config" in means and not np.isfinite(partial["p_value"]):
+        configs = means.assign(clean=clean.to_numpy()).groupby("config")[["clean", "accuracy"]].mean()
+        between = (f" Between configurations it cannot be asked at all: over the {len(configs)} configuration means "
+                   f"clean and shifted accuracy are in the same order (Spearman rho = "
+                   f"{ev.format_number(configs['clean'].rank().corr(configs['accuracy'].rank()))}), so this design "
+                   "cannot separate generalising from clean accuracy there, and the partial test has no permutation "
+                   "test.")
     return (f"Clean and shifted accuracy: in this study the models that do better on the shifted sets also do better "
             f"on the clean test set (Spearman rho = {ev.format_number(rho)} over {len(means)} models), so the main "
             "generalisation test alone cannot tell generalising from being a better model in distribution. "
             f"Controlling for clean accuracy: {partial['verdict']} (partial Spearman rho = "
             f"{ev.format_number(partial['rho'])}, 95% CI [{ev.format_number(partial['ci_lo'])}, "
-            f"{ev.format_number(partial['ci_hi'])}]).")
+            f"{ev.format_number(partial['ci_hi'])}])." + between)
 
 
 def add_holm(rows: list[dict]) -> None:
@@ -316,8 +325,11 @@ def multiple_tests_caveat(rows: list[dict]) -> str:
                 if r.get("p_holm", 1.0) < alpha]
         per_claim.append(f"{claim}: " + (", ".join(kept) if kept else
                                          f"none of its {len(mine)} decided tests" if mine else "no decided test"))
-    return (f"Multiple tests: the report makes {len(rows)} tests ({counts}), and each verdict uses its own "
-            f"permutation p, not adjusted for the others ({len(decided)} of them decided). With Holm's adjustment "
+    untested = sum(not np.isfinite(r["p_value"]) for r in rows)
+    untested_text = (f"; {untested} of them could not be tested and are left out of the adjustment" if untested
+                     else "")
+    return (f"Multiple tests: the report makes {len(rows)} tests ({counts}{untested_text}), and each verdict uses its "
+            f"own permutation p, not adjusted for the others ({len(decided)} of them decided). With Holm's adjustment "
             f"within each claim (the column \"p (Holm)\" of the evidence tables), the decided tests whose p stays "
             f"below {alpha:g} are, for {'; for '.join(per_claim)}. A decided test that does not stay below it is "
             "better read as exploratory.")
