@@ -31,74 +31,119 @@ FEATURE_FORMATS = (".npy", ".npz", ".csv", ".txt", ".parquet")
 
 LABEL_COLUMNS = ("label", "labels", "class", "y", "target")
 _PLAIN_INTEGER = re.compile(r"-?(0|[1-9][0-9]*)")  # the one way of writing each integer: no sign, no leading zeros
+_INTEGER_LIKE = re.compile(r"[+-]?[0-9]+")  # an integer however written ("+1", "007")
 
 
 def _read_table(path: Path) -> pd.DataFrame:
     """Read a CSV/TSV/whitespace or parquet feature table: parquet as stored; a text table as its cells, strings
-    still (``attrs``: ``lines``, the file line of each row, and ``decimal``), converted by :func:`_table_numbers`
-    once the label columns are out.
+    still (``attrs``: ``lines``, the file line of each row, ``decimal`` and ``header``), converted by
+    :func:`_table_numbers` once the label columns are out.
 
-    Text tables are split and checked here, never guessed past: the separator is the first of tab, semicolon and
-    comma in the first line (outside quotes), else runs of blanks; beside tabs or semicolons, decimal commas
-    ("1,5;2,25", anywhere in the table) are read as decimal points; every row must have the first row's number of
-    cells (a missing or extra separator would shift every column after it). The first row is a header when a cell of
-    it is not a number, or when it is exactly ``0, 1, ..., D-1`` (what ``pandas.DataFrame(X).to_csv(index=False)``
-    writes); a first row that looks like numbers with thousands separators ("1 000", "1.234,5") is refused, not
-    taken as a header. A saved pandas row index is refused, not read as a feature: a first header cell left empty.
+    Text tables are split and checked here, never guessed past (:func:`_split_table`): every row must have the first
+    row's number of cells; beside tabs or semicolons, decimal commas ("1,5;2,25", anywhere in the table) are read as
+    decimal points. The first row is a header when every cell of it is a word, or when it is exactly ``0, 1, ...,
+    D-1`` (what ``pandas.DataFrame(X).to_csv(index=False)`` writes); a first row mixing words and numbers, or looking
+    like numbers with thousands separators ("1 000", "1.234,5"), is refused, not taken as a header or as a sample.
     """
     if path.suffix == ".parquet":
         try:
             return pd.read_parquet(path)
         except ImportError as err:
             raise KStarInputError(f"reading {path} needs pyarrow: pip install pyarrow (or save as .npy).") from err
-    try:
-        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is not part of the first cell
-    except UnicodeDecodeError:
-        raise KStarInputError(f"features file {path} is not a UTF-8 text table (a binary file named {path.suffix}?); "
-                              "save the features as .npy, or as a UTF-8 CSV.") from None
-    numbered = [(number, line) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
-    if not numbered:
-        raise KStarInputError(f"features file {path} is empty; write one sample per line.")
-    sep = _separator(_QUOTED.sub("", numbered[0][1]))
-    if sep is None:
-        rows = [line.split() for _, line in numbered]
-    else:
-        rows = [[cell.strip() for cell in row] for row in csv.reader((line for _, line in numbered), delimiter=sep)]
-    if len(rows) > 1 and all(len(row) > 1 and row[-1] == "" for row in rows):
-        rows = [row[:-1] for row in rows]  # a separator at the end of every line: no column after it
-    width = len(rows[0])
-    for (number, _), row in zip(numbered, rows):
-        if len(row) != width:
-            raise KStarInputError(
-                f"features file {path}: line {number} has {len(row)} cells, the first row {width}; a missing, extra "
-                "or trailing separator would shift every column after it. Give every row the same cells.")
-    decimal = "," if sep in ("\t", ";") and any(_DECIMAL_COMMA.fullmatch(c) for row in rows for c in row) else "."
-    first = rows[0]
+    rows, sep = _split_table(path, "features")
+    lines = [number for number, _ in rows]
+    cells = [row for _, row in rows]
+    width = len(cells[0])
+    decimal = "," if sep in ("\t", ";") and any(_DECIMAL_COMMA.fullmatch(c) for row in cells for c in row) else "."
+    first = cells[0]
     if len(first) > 1 and first[0] == "" and all(first[1:]):
         raise KStarInputError(
             f"features file {path}: the first cell of its first row is empty, as pandas writes the header of its row "
             "index (DataFrame.to_csv without index=False); read as a feature it would change every distance. Save with "
             "index=False, or remove that column (or fill that missing value).")
-    unnamed = [str(i) for i in range(len(first))]
     words = [c for c in first if c and _number(c, decimal) is None]
-    header = bool(words) or (len(first) > 1 and first == unnamed)
+    unnamed = [str(i) for i in range(width)]
     if words and all(_NUMBER_LIKE.fullmatch(c) for c in first if c):
         raise KStarInputError(
-            f"features file {path}: line {numbered[0][0]} looks like numbers, but {words[0]!r} is not one (a "
-            "thousands separator?); remove thousands separators, or give the table a header row.")
-    body = rows[1:] if header else rows
+            f"features file {path}: line {lines[0]} looks like numbers, but {words[0]!r} is not one (a thousands "
+            "separator?); remove thousands separators, or give the table a header row.")
+    if words and len(words) < len([c for c in first if c]):
+        raise KStarInputError(
+            f"features file {path}: line {lines[0]} mixes words ({words[0]!r}) and numbers: a header names every "
+            "column, and a sample has a number in every cell; fix that line.")
+    if width == 1 and first == ["0"] and len(cells) > 1:
+        raise KStarInputError(
+            f"features file {path}: its first line is 0, which pandas writes as the header of one unnamed column "
+            "(DataFrame.to_csv(index=False)); remove that line if it is a header, or write the sample as 0.0.")
+    header = bool(words) or (width > 1 and first == unnamed)
+    body = cells[1:] if header else cells
+    if not body:
+        raise KStarInputError(f"features file {path} holds a header and no sample; write one sample per line.")
     table = pd.DataFrame(body, columns=first if header else range(width), dtype=object)
-    table.attrs.update(lines=[number for number, _ in numbered[1 if header else 0:]], decimal=decimal)
+    table.attrs.update(lines=lines[1 if header else 0:], decimal=decimal, header=header)
     return table
 
 
 _QUOTED = re.compile(r'"[^"]*"')  # a quoted cell: a separator inside it does not split
-_NUMBER_LIKE = re.compile(r"[+-]?[0-9][0-9 .,'\u2019]*(?:[eE][+-]?[0-9]+)?")  # digits with separators of some kind
+_BLANKS = re.compile(r"[ \t]+")  # ASCII blanks only: a no-break space is a thousands separator, not a separator
+_INVISIBLE = "\ufeff\u200b\u200c\u200d\u2060"  # byte-order marks and zero-width characters a re-saved file may carry
+_SPACES = " \u00a0\u202f\u2009'\u2019"  # thousands separators: blank, no-break, narrow no-break, thin, apostrophes
+_NUMBER_LIKE = re.compile(rf"[+\-\u2212]?[0-9][0-9.,{_SPACES}]*(?:[eE][+-]?[0-9]+)?")
 _DECIMAL_COMMA = re.compile(r"[+-]?[0-9]*,[0-9]+(?:[eE][+-]?[0-9]+)?")  # "1,5", "-0,25", ",5", "1,5e-3"
 
 
+def _split_table(path: Path, what: str) -> tuple[list[tuple[int, list[str]]], str | None]:
+    """The non-blank rows of a text table, each with its file line, as stripped cells, and the separator: the first
+    of tab, semicolon and comma in the first line (outside quotes), else runs of ASCII blanks. Quoted cells are
+    unquoted (a separator or a line break inside one stays in the cell); every row must have the first row's number
+    of cells (a separator at the end of every line is dropped first)."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is not part of the first cell
+    except UnicodeDecodeError:
+        raise KStarInputError(f"{what} file {path} is not a UTF-8 text table (a binary file named {path.suffix}?); "
+                              f"save the {what} as .npy, or as a UTF-8 CSV.") from None
+    first_line = next((line for line in text.splitlines() if line.strip()), "")
+    if not first_line:
+        raise KStarInputError(f"{what} file {path} is empty; write one sample per line.")
+    sep = _separator(_QUOTED.sub("", first_line))
+    rows: list[tuple[int, list[str]]] = []
+    if sep is None and _BLANKS.search(first_line.strip()):
+        for number, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                rows.append((number, [_clean_cell(c, quotes=True) for c in _BLANKS.split(line.strip())]))
+    else:
+        reader = csv.reader(_io.StringIO(text), delimiter=sep or ",", strict=True)
+        try:
+            start = 1
+            for row in reader:
+                if any(cell.strip() for cell in row):
+                    rows.append((start, [_clean_cell(c) for c in row]))
+                start = reader.line_num + 1
+        except csv.Error as err:
+            raise KStarInputError(f"{what} file {path}: line {reader.line_num}: {err}; fix the quotes there.") from None
+    if len(rows) > 1 and all(len(row) > 1 and row[-1] == "" for _, row in rows):
+        rows = [(number, row[:-1]) for number, row in rows]  # a separator at the end of every line
+    width = len(rows[0][1])
+    for number, row in rows:
+        if len(row) != width:
+            raise KStarInputError(
+                f"{what} file {path}: line {number} has {len(row)} cells, the first row {width}; a missing, extra "
+                "or trailing separator would shift every column after it. Give every row the same cells.")
+    return rows, sep
+
+
+def _clean_cell(cell: str, quotes: bool = False) -> str:
+    """A cell without surrounding blanks and invisible characters (and, split on blanks, without its quotes)."""
+    cell = cell.strip().strip(_INVISIBLE).strip()
+    if quotes and len(cell) > 1 and cell[0] == cell[-1] and cell[0] in "\"'":
+        cell = cell[1:-1]
+    return cell
+
+
 def _number(cell: str, decimal: str) -> float | None:
-    """``cell`` as a number, commas read as decimal points in a decimal-comma table (None when it is not one)."""
+    """``cell`` as a number, commas read as decimal points in a decimal-comma table and a Unicode minus as a minus
+    (None when it is not one)."""
+    cell = cell.replace("\u2212", "-")
     if decimal == ",":
         if "." in cell:
             return None
@@ -107,6 +152,23 @@ def _number(cell: str, decimal: str) -> float | None:
         return float(cell)
     except ValueError:
         return None
+
+
+def _label_column(names: list[str], path: Path, what: str = "labels") -> int:
+    """Which of a header's columns holds the labels: the one named label, labels, class, target or y (in any case);
+    "y" only when no other label name is there and no "x" beside it ("x, y" are coordinates)."""
+    lowered = [str(n).strip().lower() for n in names]
+    found = [i for i, name in enumerate(lowered) if name in LABEL_COLUMNS]
+    if len(found) > 1 and [i for i in found if lowered[i] != "y"]:  # "x, y, label": y is a coordinate there
+        found = [i for i in found if lowered[i] != "y"]
+    if len(found) == 1 and lowered[found[0]] == "y" and "x" in lowered:
+        found = []  # "x, y, category": no label column, not the y coordinate read as labels
+    if len(found) != 1:
+        several = f" (it names {' and '.join(repr(names[i]) for i in found)}: rename all but one)" if found else ""
+        raise KStarInputError(
+            f"{what} file {path} has {len(names)} columns; its first row must name exactly one label column "
+            f"({', '.join(LABEL_COLUMNS)}){several}, or give the labels alone, one per line.")
+    return found[0]
 
 
 def _table_numbers(table: pd.DataFrame, path: Path) -> np.ndarray:
@@ -122,7 +184,7 @@ def _table_numbers(table: pd.DataFrame, path: Path) -> np.ndarray:
     cells = table.to_numpy(dtype=object)
     values = np.empty(cells.shape, dtype=np.float64)
     for j in range(cells.shape[1]):
-        column = cells[:, j].astype(str)
+        column = np.char.replace(cells[:, j].astype(str), "\u2212", "-")  # a Unicode minus is a minus
         if decimal == ",":
             points = np.flatnonzero(np.char.find(column, ".") >= 0)
             if points.size:
@@ -207,17 +269,25 @@ def read_features(path: str | os.PathLike, labels_in_file: bool = False) -> np.n
         advice = "; save plain numbers (np.save(path, np.asarray(features, dtype=np.float32)))" \
             if "allow_pickle" in str(err) else ""
         raise KStarInputError(f"cannot read features from {p}: {_read_error(p, err)}{advice}.") from None
+    text_header = bool(table.attrs.get("header"))
+    if labels_in_file and "decimal" in table.attrs:  # one text table gives both: its labels' column is left out
+        if not text_header:
+            raise KStarInputError(f"features file {p} is given as LABELS too but has no header; name its columns in a "
+                                  "first row, the label column label (or give the labels in their own file).")
+        table = table.drop(columns=table.columns[_label_column(list(table.columns), p, "features")])
     named = [c for c in table.columns if str(c).strip().lower() in LABEL_COLUMNS]  # " label" is a label column too
-    if labels_in_file:  # the column read_labels takes: "y" only when no other label name is there ("x, y, label")
+    if labels_in_file and "decimal" not in table.attrs:  # parquet: the column read_labels takes
         table = table.drop(columns=[c for c in named if str(c).strip().lower() != "y"] or named)
-    elif [c for c in named if str(c).strip().lower() != "y"]:
+    elif not labels_in_file and [c for c in named if str(c).strip().lower() != "y"]:
+        label = next(c for c in named if str(c).strip().lower() != "y")
         raise KStarInputError(
-            f"features file {p} has a column named {str(named[0]).strip()!r}, which kstar reads as labels, not as a "
+            f"features file {p} has a column named {str(label).strip()!r}, which kstar reads as labels, not as a "
             "feature; give this file as LABELS too (the column is then left out of the features), or save the "
             "features without it.")
     features = _table_numbers(table, p)
-    headerless = "decimal" in table.attrs and isinstance(table.columns, pd.RangeIndex)
-    if headerless and len(features) > 2 and features.shape[1] > 1 \
+    first_name = str(table.columns[0]).strip().lower() if text_header else ""
+    index_like = not text_header or first_name in ("", "index", "id") or first_name.startswith("unnamed")
+    if "decimal" in table.attrs and index_like and len(features) > 2 and features.shape[1] > 1 \
             and np.array_equal(features[:, 0], np.arange(len(features))):
         raise KStarInputError(
             f"features file {p}: its first column holds exactly 0, 1, ..., {len(features) - 1}, a saved row index "
@@ -258,10 +328,29 @@ def read_labels(path: str | os.PathLike, table: bool = False) -> np.ndarray:
                                   "str array (np.save(path, np.asarray(labels, dtype=str))).") from None
     elif suffix == ".parquet":
         labels = _read_parquet_labels(p)
+    elif table:
+        labels = _read_table_labels(p)
     else:
-        labels = _read_text_labels(p, one_per_line=suffix == ".txt" and not table)
+        labels = _read_text_labels(p, one_per_line=suffix == ".txt")
     _check_no_missing(np.asarray(labels), p)
     return labels
+
+
+def _read_table_labels(p: Path) -> np.ndarray:
+    """The labels of a table that gives the features too: split exactly as :func:`read_features` splits it
+    (:func:`_split_table`), from the column its header names as labels."""
+    rows, _ = _split_table(p, "labels")
+    names = rows[0][1]
+    if len(names) < 2:
+        raise KStarInputError(f"labels file {p} has one column; a file that gives both features and labels needs a "
+                              "header naming its columns, the label column label.")
+    column = _label_column(names, p)
+    cells = [row[column] for _, row in rows[1:]]
+    empty = [i for i, c in enumerate(cells) if not c]
+    if empty:
+        raise KStarInputError(f"labels file {p}: the label on line {rows[1 + empty[0]][0]} is empty; give every "
+                              "sample a label or remove it.")
+    return _typed_labels(cells)
 
 
 def _check_no_missing(labels: np.ndarray, p: Path) -> None:
@@ -299,24 +388,14 @@ def _read_text_labels(p: Path, one_per_line: bool) -> np.ndarray:
         raise KStarInputError(f"labels file {p} is empty; write one label per line.")
     first = lines[0]
     sep = None if one_per_line else _separator(_QUOTED.sub("", first))
-    if sep is None:
+    if one_per_line:
         rows = [[line.strip()] for line in lines]
-    else:
-        rows = [[cell.strip() for cell in row] for row in csv.reader(_io.StringIO("\n".join(lines)), delimiter=sep)]
+    else:  # a one-column .csv is unquoted too ('"label"' is the header label)
+        rows = [[_clean_cell(cell) for cell in row] or [""]
+                for row in csv.reader(_io.StringIO("\n".join(lines)), delimiter=sep or "\x1f")]  # one column
     width = len(rows[0])
     if width > 1:
-        names = [c.lower() for c in rows[0]]
-        found = [i for i, name in enumerate(names) if name in LABEL_COLUMNS]
-        if len(found) > 1 and [i for i in found if names[i] != "y"]:  # "x, y, label": y is a coordinate there
-            found = [i for i in found if names[i] != "y"]
-        if len(found) != 1:
-            several = f" (it names {' and '.join(repr(rows[0][i]) for i in found)}: rename all but one)" \
-                if found else ""
-            raise KStarInputError(
-                f"labels file {p} has {width} columns; its first row must name exactly one label column "
-                f"({', '.join(LABEL_COLUMNS)}){several}, or give the labels alone, one per line."
-            )
-        column = found[0]
+        column = _label_column(rows[0], p)
         cells = []
         for number, row in enumerate(rows[1:]):
             if len(row) != width:
@@ -326,7 +405,8 @@ def _read_text_labels(p: Path, one_per_line: bool) -> np.ndarray:
         header = 1
     else:
         cells = [row[0] if row else "" for row in rows]
-        over_integers = (not _PLAIN_INTEGER.fullmatch(cells[0]) and all(_PLAIN_INTEGER.fullmatch(c) for c in cells[1:]))
+        over_integers = (not _INTEGER_LIKE.fullmatch(cells[0])  # "+1" or "07" above integers is a label, no header
+                         and all(_PLAIN_INTEGER.fullmatch(c) for c in cells[1:]))
         column_name = (not one_per_line and cells[0].lower() in LABEL_COLUMNS and cells[0] not in cells[1:])
         header = int(len(cells) > 1 and (over_integers or column_name))
         cells = cells[header:]

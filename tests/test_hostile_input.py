@@ -624,7 +624,7 @@ def test_tables_are_read_as_written(tmp_path, text, expected):
 
     path = tmp_path / "t.csv"
     path.write_text(text)
-    assert read_features(path, labels_in_file=True).tolist() == expected
+    assert read_features(path, labels_in_file="label" in text).tolist() == expected
     if "label" in text:
         assert read_labels(path).tolist() == [0, 1]
         with pytest.raises(KStarInputError, match="has a column named 'label'"):
@@ -685,3 +685,57 @@ def test_one_txt_table_gives_features_and_labels_alike(tmp_path, capsys):
 
     written = pd.read_csv(tmp_path / "o" / "samples.csv")
     assert written["kstar"].tolist() == compute_kstar(x, y).kstar.tolist()
+
+
+@pytest.mark.parametrize("text, message", [
+    ("0.0 0.0 0\n0.1 0.0 0\n5.0 5.0 1\n", "is given as LABELS too but has no header"),  # each line had been a label
+    ("x,y,category\n0.0,0.0,0\n0.1,0.0,1\n", "must name exactly one label column"),  # y had been read as labels
+])
+def test_one_table_as_both_files_needs_its_label_column_named(tmp_path, capsys, text, message):
+    (tmp_path / "t.txt").write_text(text)
+    assert main(["compute", str(tmp_path / "t.txt"), str(tmp_path / "t.txt"), "--out", str(tmp_path / "o"),
+                 "--quiet"]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_one_table_as_both_files_is_split_alike_for_features_and_labels(tmp_path):
+    from kstar_utils.io import read_features, read_labels
+
+    for name, text in (("blank.txt", 'x y label\n0.0 0.0 0\n0.1 0.0 0\n5.0 5.0 1\n'),
+                       ("quoted.txt", '"x" "y" "label"\n0.0 0.0 0\n0.1 0.0 0\n5.0 5.0 1\n'),
+                       ("boms.csv", "\ufeff\ufefflabel,x,y\n0,0.0,0.0\n0,0.1,0.0\n1,5.0,5.0\n")):
+        path = tmp_path / name
+        path.write_text(text, encoding="utf-8")
+        features = read_features(path, labels_in_file=True)
+        assert features.shape == (3, 2) and read_labels(path, table=True).tolist() == [0, 0, 1], name
+
+
+@pytest.mark.parametrize("text, message", [
+    ("0\n0.5\n0.6\n3.0\n", "its first line is 0, which pandas writes as the header of one unnamed column"),
+    ("Unnamed: 0,x,y\n0,0.0,0.0\n1,0.1,0.0\n2,5.0,5.0\n", "its first column holds exactly 0, 1, ..., 2"),
+    ("index,x,y\n0,0.0,0.0\n1,0.1,0.0\n2,5.0,5.0\n", "a saved row index"),
+    ("1\u202f000 2\u202f500\n1\u202f100 2\u202f400\n", "line 1 looks like numbers, but '1"),  # no-break spaces
+    ('a,b\n1,"2\n5"\n3,4\n', "line 2, column 'b' holds '2\\n5', not a number"),  # a quoted line break stays in
+    ('a,b\n1,"2"3\n', "line 2: ',' expected after '\"'; fix the quotes there"),
+    ("1.0,NA\n0.1,0.0\n", "line 1 mixes words ('NA') and numbers"),  # had been dropped as a header
+])
+def test_more_tables_that_cannot_be_read_as_written_are_refused(tmp_path, text, message):
+    from kstar_utils.io import read_features
+
+    path = tmp_path / "t.csv"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(KStarInputError, match=re.escape(message)):
+        read_features(path)
+
+
+def test_unicode_minus_quoted_one_column_and_integer_like_first_labels(tmp_path):
+    from kstar_utils.io import read_features, read_labels
+
+    (tmp_path / "m.csv").write_text("\u22121.5,2.0\n0.1,0.0\n", encoding="utf-8")
+    assert read_features(tmp_path / "m.csv").tolist() == [[-1.5, 2.0], [0.1, 0.0]]
+    (tmp_path / "q.csv").write_text('"1.5"\n"2.5"\n')
+    assert read_features(tmp_path / "q.csv").tolist() == [[1.5], [2.5]]
+    (tmp_path / "lq.csv").write_text('"label"\n"a"\n"b"\n')
+    assert read_labels(tmp_path / "lq.csv").tolist() == ["a", "b"]  # the quoted header is a header, unquoted
+    (tmp_path / "l.csv").write_text("+1\n2\n3\n")
+    assert read_labels(tmp_path / "l.csv").tolist() == ["+1", "2", "3"]  # "+1" is a label, not a header
