@@ -530,3 +530,11 @@ def test_open_results_never_computes_into_a_mistyped_results_dir(tmp_path):
     with pytest.raises(KStarInputError, match="profile 'smoke', not 'default'"):
         open_results("default", other)
     assert open_results("smoke", other).summary["profile"] == "smoke"
+
+
+def test_markdown_values_are_shown_literally():
+    """A caption's "k*" closed its italics early; a label a_b_c would have turned into emphasis."""
+    from kstar_utils.report.notebook import markdown_escape
+
+    assert markdown_escape("the k* figures") == "the k\\* figures"
+    assert markdown_escape("a_b_c [x] <b>") == "a\\_b\\_c \\[x\\] &lt;b&gt;"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import html
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -143,11 +144,20 @@ def escape(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
+_MARKDOWN_SPECIALS = re.compile(r"([\\`*_\[\]#|~])")
+
+
+def markdown_escape(value: Any) -> str:
+    """``value`` as literal text inside Markdown: HTML-escaped, and the characters Markdown reads as formatting
+    backslash-escaped (the "*" of "k*" had closed a caption's italics, and a label "a_b_c" would have been emphasis)."""
+    return _MARKDOWN_SPECIALS.sub(r"\\\1", escape(value))
+
+
 def show_markdown(text: str, **values: Any) -> None:
     """Display ``text.format(**values)`` as Markdown, every value escaped (the template itself is ours)."""
     from IPython.display import Markdown, display
 
-    display(Markdown(text.format(**{k: escape(v) for k, v in values.items()})))
+    display(Markdown(text.format(**{k: markdown_escape(v) for k, v in values.items()})))
 
 
 def show_table(frame: pd.DataFrame, links: dict | None = None, digits: int = 3) -> None:
