@@ -640,7 +640,8 @@ def gamma_regions(frame: pd.DataFrame, x: str, y: str = "gamma_prime", hue: str 
                   xlabel: str | None = None, title: str | None = None, ax: plt.Axes | None = None,
                   yerr: Any = "auto", xerr: Any = "auto", n: str | int | None = None, config: str | None = None,
                   units: str | None = None, stats: bool = True, max_labels: int = 16, n_boot: int = 2000,
-                  seed: int = 0, crowded_groups: int = 3, legend: bool = True, short_title: bool = False) -> Figure:
+                  seed: int = 0, crowded_groups: int = 3, legend: bool = True, short_title: bool = False,
+                  chance: float | None = None, chance_margin: float = 0.1) -> Figure:
     """Gamma' of each model against an accuracy (Figures 3 and 4), on the blue/red/green regions.
 
     * Error bars: y from ``{y}_lo``/``{y}_hi`` (bootstrap interval of Gamma'), x from ``{x}_lo``/``{x}_hi`` or, with
@@ -657,6 +658,8 @@ def gamma_regions(frame: pd.DataFrame, x: str, y: str = "gamma_prime", hue: str 
     * ``label``: names in a column beside the plot with leader lines (at most ``max_labels``, the most extreme).
     * ``legend=False`` and ``short_title=True`` make a panel of :func:`gamma_regions_by`: no figure legend, and the
       title gives rho, its interval and p only (the full statistics go to the caption).
+    * ``chance``: rows whose ``x`` accuracy lies within ``chance_margin`` of it are ringed, as in the heatmap and the
+      line plot (their Gamma' describes a model that has not learned the task).
     """
     if x not in frame or y not in frame:
         raise KStarInputError(f"gamma_regions needs columns {x!r} and {y!r}; the table has {list(frame.columns)}.")
@@ -730,6 +733,11 @@ def gamma_regions(frame: pd.DataFrame, x: str, y: str = "gamma_prime", hue: str 
                 brief = f"n = {ev.n}: too few for a correlation"
     ax.set_xlabel(xlabel or x, fontsize=FONT)
     ax.set_ylabel("Gamma' (approximate skewness coefficient)", fontsize=FONT)
+    near = _near_chance(data[x].to_numpy(float), chance, chance_margin) if chance is not None \
+        else np.zeros(len(data), bool)
+    if near.any():
+        ax.scatter(data.loc[near, x], data.loc[near, y], marker="o", s=220, facecolor="none", edgecolor="black",
+                   lw=1.3, zorder=7, label=f"accuracy within {chance_margin:g} of chance")
     if infinite:
         stat_lines.append(f"{infinite} row(s) with an infinite Gamma' not drawn")
     chosen = pd.DataFrame(columns=[x, y, "_label"])
@@ -758,17 +766,20 @@ def gamma_regions(frame: pd.DataFrame, x: str, y: str = "gamma_prime", hue: str 
     bars = []
     if any_seeds_shown:
         bars.append("large markers: the mean of a configuration's seeds, bars spanning the range over its seeds")
-    single = "faint points (single seeds): " if any_seeds_shown else ""
-    if ycols:
-        bars.append(f"{single}vertical bars: 95% bootstrap interval of Gamma'")
-    if xcols:
-        bars.append(f"{single}horizontal bars: 95% Wilson interval of the accuracy")
+    own = [text for cols, text in ((ycols, "vertical bars: 95% bootstrap interval of Gamma'"),
+                                   (xcols, "horizontal bars: 95% Wilson interval of the accuracy")) if cols]
+    if own:
+        bars.append(("faint points (single seeds): " if any_seeds_shown else "") + "; ".join(own))
     alt = (f"Scatter plot of Gamma' against {xlabel or x} for {len(data)} rows"
            + (f", grouped by {hue}" if hue else "") + " on three bands: mostly fractured above "
            f"{threshold}, overlapped between, clustered below -{threshold}"
            + (f"; {'; '.join(bars)}" if bars else "") + (f". {'. '.join(stat_lines)}" if stat_lines else "") + ".")
     bands = (f"Bands: mostly fractured (Gamma' > {threshold:g}, blue), overlapped (red), clustered "
              f"(Gamma' < -{threshold:g}, green).")
+    ax._kstar_near = int(near.sum())  # read by gamma_regions_by, which says it once for all panels
+    if near.any() and legend:
+        bars.append(f"black rings: {int(near.sum())} row{'' if near.sum() == 1 else 's'} with accuracy within "
+                    f"{chance_margin:g} of chance")
     statistics = [f"{line}." for line in stat_lines] if crowded else []
     return _finish(fig, alt, " ".join([bands] + [b[0].upper() + b[1:] + "." for b in bars] + statistics))
 
@@ -802,9 +813,12 @@ def gamma_regions_by(frame: pd.DataFrame, x: str, by: str, y: str = "gamma_prime
                frameon=False)
     if title:
         fig.suptitle(title, fontsize=FONT + 1, x=0.01, ha="left")
+    near = sum(getattr(ax, "_kstar_near", 0) for ax in axes)
+    rings = (f"Black rings: {near} row{'' if near == 1 else 's'} with accuracy within "
+             f"{kwargs.get('chance_margin', 0.1):g} of chance." if near else "")
     return _finish(fig, f"One panel per {by} ({', '.join(str(n) for n, _ in groups)}), on one Gamma' scale.",
-                   " ".join([caption(fig) or "", "Each panel's title gives Spearman rho, its 95% interval and p; in "
-                             "full:"] + statistics))
+                   " ".join([caption(fig) or ""] + ([rings] if rings else []) +
+                            ["Each panel's title gives Spearman rho, its 95% interval and p; in full:"] + statistics))
 
 
 def _aggregate_cells(table: pd.DataFrame, keys: list[str], value: str, extra: list[str]) -> pd.DataFrame:
@@ -928,7 +942,7 @@ def gamma_lines(table: pd.DataFrame, x: str = "data", y: str = "gamma_prime", mo
                 threshold: float = metrics.DEFAULT_THRESHOLD, order: Sequence | None = None,
                 title: str | None = None) -> Figure:
     """Figure 4 as lines: Gamma' of each model (one colour, marker and line style each) across the data sets on the
-    x axis, over the three regions, and a ringed black cross where the model's accuracy is within ``chance_margin`` of
+    x axis, over the three regions, and a black ring where the model's accuracy is within ``chance_margin`` of
     ``chance``. Where several rows share (model, data set), e.g. the seeds of a configuration, each point is their
     mean and its bars span their range (an average of bootstrap bounds is not an interval of anything); otherwise the
     bars are the bootstrap intervals ``{y}_lo``/``{y}_hi`` when they exist. Models are dodged sideways a little so
@@ -970,9 +984,8 @@ def gamma_lines(table: pd.DataFrame, x: str = "data", y: str = "gamma_prime", mo
             near = part["_near"].to_numpy(float) > 0
             if near.any():
                 flagged += int(near.sum())
-                ax.scatter(xs[near], vals[near], marker="X", s=110, color="black", zorder=6)
-                ax.scatter(xs[near], vals[near], marker="o", s=260, facecolor="none", edgecolor="black", lw=1.2,
-                           zorder=6)
+                ax.scatter(xs[near], vals[near], marker="o", s=300, facecolor="none", edgecolor="black", lw=1.4,
+                           zorder=6)  # a ring, not a cross: the point itself stays visible
     ax.set_xticks(range(len(cats)), [str(c) for c in cats])
     ax.set_xlim(-0.5, len(cats) - 0.5)
     ax.set_xlabel(x, fontsize=FONT)
@@ -984,7 +997,7 @@ def gamma_lines(table: pd.DataFrame, x: str = "data", y: str = "gamma_prime", mo
     elif f"{y}_lo" in agg:
         notes.append("bars: 95% bootstrap interval of Gamma'")
     if flagged:
-        notes.append(f"ringed crosses: accuracy within {chance_margin:g} of chance"
+        notes.append(f"black rings: accuracy within {chance_margin:g} of chance"
                      + (" in at least one of the point's rows (seeds)" if pooled > 1 else ""))
     elif "_near" in table:  # in words, not a legend entry
         notes.append(f"no {'row (seed)' if pooled > 1 else 'point'} has accuracy within {chance_margin:g} of chance")
@@ -993,7 +1006,7 @@ def gamma_lines(table: pd.DataFrame, x: str = "data", y: str = "gamma_prime", mo
     handles, names = _region_handles()
     mh, mn = ax.get_legend_handles_labels()
     if flagged:
-        mh.append(plt.Line2D([], [], marker="X", color="black", ls="none", ms=9))
+        mh.append(plt.Line2D([], [], marker="o", mfc="none", mec="black", ls="none", ms=12, mew=1.4))
         mn.append(f"accuracy within {chance_margin:g} of chance")
     fig.legend(mh + handles, mn + names, loc="outside right upper", fontsize=SMALL, frameon=False)
     _style_axes(ax, FONT)

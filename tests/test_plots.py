@@ -267,6 +267,11 @@ def test_gamma_regions_by_draws_one_panel_per_set_on_one_scale():
     assert len(fig.legends) == 1 and "One panel per set" in plots.alt_text(fig)
     with pytest.raises(KStarInputError, match="needs column 'shift'"):
         plots.gamma_regions_by(table, "accuracy", by="shift")
+    table.loc[20, "accuracy"] = 0.15  # one seed near chance (0.1) in the second panel: ringed there, said below
+    fig = plots.gamma_regions_by(table, "accuracy", by="set", config="config", n_boot=100, chance=0.1)
+    assert "Black rings: 1 row with accuracy within 0.1 of chance." in plots.caption(fig)
+    rings = [c for ax in fig.axes for c in ax.collections if c.get_label() == "accuracy within 0.1 of chance"]
+    assert len(rings) == 1 and rings[0].axes is fig.axes[1]
 
 
 def test_gamma_regions_names_the_group_when_one_label_appears_in_two_groups():

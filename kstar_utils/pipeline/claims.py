@@ -227,7 +227,10 @@ def caveats(profile: Profile, robustness: pd.DataFrame, generalisation: pd.DataF
         if len(z.seeds) > 1:
             out.append(f"Seeds: every configuration is trained with {len(z.seeds)} seeds ({', '.join(map(str, z.seeds))}); "
                        "seeds of one configuration are not independent evidence, so the figures show the spread over "
-                       "seeds and the intervals resample whole configurations.")
+                       "seeds and the intervals resample whole configurations. A seed is shared across "
+                       "configurations: it chooses the same training images (and the same random streams) in every "
+                       "configuration, so all configurations' seed k saw one subset, and the intervals cover the "
+                       f"spread of these {len(z.seeds)} subsets only, not of the training data's draw in general.")
         else:
             out.append("Seeds: every configuration is trained with a single seed, so the spread over training seeds is "
                        "not measured; a different seed can move Gamma' by more than its bootstrap interval.")
@@ -266,7 +269,10 @@ def caveats(profile: Profile, robustness: pd.DataFrame, generalisation: pd.DataF
                "leave-one-out 1-NN accuracy of the latent space (k* >= 2 says that the sample's nearest neighbour is "
                "of its own class), so part of any relation between Gamma' and accuracy is built into the metric; each "
                "claim is therefore also tested as a partial correlation controlling for latent 1-NN accuracy, "
-               "reported beside it." + _identity_results(evidence_rows or []))
+               "reported beside it" + (" (for generalisation, each model's mean latent 1-NN accuracy over the shifted "
+                                       "sets, where its accuracy and Gamma' are means too)"
+                                       if "shift" in generalisation and (generalisation["shift"] != "clean").any()
+                                       else "") + "." + _identity_results(evidence_rows or []))
     confound = _clean_confound(generalisation, evidence_rows or [])
     if confound:
         out.append(confound)

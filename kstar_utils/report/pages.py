@@ -155,7 +155,8 @@ def index_figures(results: Results) -> list[dict]:
     figures = []
     rob = results.table("robustness")
     if not rob.empty:
-        fig = plots.gamma_regions(rob, "robust_accuracy", hue="threat_model", **plots.seed_grouping(rob),
+        fig = plots.gamma_regions(rob, "robust_accuracy", hue="threat_model", label=None,  # names: on page 03
+                                  **plots.seed_grouping(rob),
                                   xlabel=results.summary.get("x_labels", {}).get("robustness", "robust accuracy"),
                                   title="Gamma' against robustness")
         figures.append({"alt": alt_text(fig, "Gamma' of each robust model against its robust accuracy, on the "
