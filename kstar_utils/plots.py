@@ -710,8 +710,9 @@ def gamma_regions(frame: pd.DataFrame, x: str, y: str = "gamma_prime", hue: str 
                         yerr=[agg["ym"] - agg["ymin"], agg["ymax"] - agg["ym"]], fmt=marker, ms=8, color=colour,
                         mec="black", mew=0.7, lw=1.4, capsize=2, zorder=4,
                         label=f"{name}: mean and range over seeds" if hue else "mean and range over seeds")
-            points_for_labels.append(agg.rename(columns={"xm": x, "ym": y, "name": "_label"})[[x, y, "_label"]]
-                                     .assign(_group=str(name)))
+            if label is not None:  # None: no names at all (a crowded overview)
+                points_for_labels.append(agg.rename(columns={"xm": x, "ym": y, "name": "_label"})[[x, y, "_label"]]
+                                         .assign(_group=str(name)))
         else:
             xe = _errors(part[x].to_numpy(float), *(part[c].to_numpy(float) for c in xcols)) if xcols else None
             ye = _errors(part[y].to_numpy(float), *(part[c].to_numpy(float) for c in ycols)) if ycols else None
@@ -797,7 +798,7 @@ def gamma_regions_by(frame: pd.DataFrame, x: str, by: str, y: str = "gamma_prime
     rows = math.ceil(len(groups) / columns)
     fig = _new_figure(3.1 * rows + 1.5)
     axes = np.atleast_1d(fig.subplots(rows, columns, sharey=True)).ravel()
-    kwargs = {"label": None, **kwargs, "legend": False, "short_title": True, "hue": None}
+    kwargs = {"label": "label", **kwargs, "legend": False, "short_title": True, "hue": None}
     statistics, limits = [], []
     for ax, (name, part) in zip(axes, groups):
         gamma_regions(part, x, y=y, ax=ax, title=str(name), **kwargs)
