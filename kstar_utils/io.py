@@ -42,8 +42,9 @@ def _read_table(path: Path) -> pd.DataFrame:
     Text tables are split and checked here, never guessed past (:func:`_split_table`): every row must have the first
     row's number of cells; beside tabs or semicolons, decimal commas ("1,5;2,25", anywhere in the table) are read as
     decimal points. The first row is a header when every cell of it is a word, or when it is exactly ``0, 1, ...,
-    D-1`` (what ``pandas.DataFrame(X).to_csv(index=False)`` writes); a first row mixing words and numbers, or looking
-    like numbers with thousands separators ("1 000", "1.234,5"), is refused, not taken as a header or as a sample.
+    D-1`` (what ``pandas.DataFrame(X).to_csv(index=False)`` writes), or words beside such a run of column numbers
+    ("label,0,1,2"); a first row mixing words and other numbers, or looking like numbers with thousands separators
+    ("1 000", "1.234,5"), is refused, not taken as a header or as a sample.
     """
     if path.suffix == ".parquet":
         try:
@@ -67,7 +68,10 @@ def _read_table(path: Path) -> pd.DataFrame:
         raise KStarInputError(
             f"features file {path}: line {lines[0]} looks like numbers, but {words[0]!r} is not one (a thousands "
             "separator?); remove thousands separators, or give the table a header row.")
-    if words and len(words) < len([c for c in first if c]):
+    numbers = [c for c in first if c and c not in words]
+    pandas_names = len(numbers) > 1 and all(_PLAIN_INTEGER.fullmatch(c) for c in numbers) \
+        and [int(c) for c in numbers] == list(range(int(numbers[0]), int(numbers[0]) + len(numbers)))
+    if words and numbers and not pandas_names:  # "label,0,1,2" (pandas' integer column names) is a header
         raise KStarInputError(
             f"features file {path}: line {lines[0]} mixes words ({words[0]!r}) and numbers: a header names every "
             "column, and a sample has a number in every cell; fix that line.")

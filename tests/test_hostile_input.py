@@ -739,3 +739,14 @@ def test_unicode_minus_quoted_one_column_and_integer_like_first_labels(tmp_path)
     assert read_labels(tmp_path / "lq.csv").tolist() == ["a", "b"]  # the quoted header is a header, unquoted
     (tmp_path / "l.csv").write_text("+1\n2\n3\n")
     assert read_labels(tmp_path / "l.csv").tolist() == ["+1", "2", "3"]  # "+1" is a label, not a header
+
+
+def test_pandas_integer_column_names_beside_a_label_column_are_a_header(tmp_path):
+    from kstar_utils.io import read_features, read_labels
+
+    frame = pd.DataFrame(np.arange(6.0).reshape(3, 2) / 4)
+    frame.insert(0, "label", [0, 1, 0])
+    frame.to_csv(tmp_path / "t.csv", index=False)  # header: label,0,1
+    expected = (np.arange(6.0).reshape(3, 2) / 4).tolist()
+    assert read_features(tmp_path / "t.csv", labels_in_file=True).tolist() == expected
+    assert read_labels(tmp_path / "t.csv").tolist() == [0, 1, 0]
