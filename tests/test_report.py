@@ -136,6 +136,9 @@ def test_index_states_verdicts_rule_caveats_and_links_every_model(report):
         assert parsed.title == label and "accuracy" in page.read_text().split("</h1>", 1)[1].split("</p>", 1)[0].lower()
     table = (site / "05_summary_table.html").read_text()
     assert 'href="model--standard-s0.html"' in table
+    assert "Attack sample size: robust accuracy is" in table  # how precise the table's columns are, under it
+    verdicts = (site / "03_robustness.html").read_text()
+    assert "samples with k* &gt;= 2 equals" in verdicts and "k<em>" not in verdicts  # "*" is no emphasis
     counts = summary["counts"]
     assert f"{counts['failed']} of {counts['tasks']} tasks failed" in text and 'href="results/evidence.csv"' in text
     for claim in summary["claims"]:  # a verdict that does not survive its controls says so in the headline

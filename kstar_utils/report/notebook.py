@@ -212,14 +212,25 @@ def show_claim(results: Results, claim_id: str) -> None:
         show_markdown("No {claim} claim can be tested on this profile (no such models).", claim=claim_id)
         return
     c = claims[claim_id]
-    details = "\n".join(f"- {escape(d)}" for d in c.get("details", []))
-    qualifier = f", {escape(c['qualifier'])}" if c.get("qualifier") else ""
-    caveats = "\n".join(f"- {escape(d)}" for d in results.summary.get("caveats", []))
+    text = markdown_escape  # the "*" of "k*" must not start emphasis
+    details = "\n".join(f"- {text(d)}" for d in c.get("details", []))
+    qualifier = f", {text(c['qualifier'])}" if c.get("qualifier") else ""
+    caveats = "\n".join(f"- {text(d)}" for d in results.summary.get("caveats", []))
     from IPython.display import Markdown, display
 
-    display(Markdown(f"**{escape(c['title'])}: {escape(c['verdict'])}{qualifier}.** {escape(c['sentence'])}\n\n"
-                     f"{details}\n\n*{escape(results.summary.get('verdict_rule', ''))}*"
+    display(Markdown(f"**{text(c['title'])}: {text(c['verdict'])}{qualifier}.** {text(c['sentence'])}\n\n"
+                     f"{details}\n\n*{text(results.summary.get('verdict_rule', ''))}*"
                      + (f"\n\n**Caveats** (the same as on the index page):\n\n{caveats}" if caveats else "")))
+
+
+def show_caveats(results: Results, *starts: str) -> None:
+    """The report's caveats that begin with one of ``starts`` (e.g. "Attack sample size"), under a table they
+    qualify; nothing when the profile has none of them."""
+    chosen = [c for c in results.summary.get("caveats", []) if c.startswith(starts)]
+    if chosen:
+        from IPython.display import Markdown, display
+
+        display(Markdown("\n".join(f"- {markdown_escape(c)}" for c in chosen)))
 
 
 def evidence_table(results: Results, claim_id: str) -> pd.DataFrame:
