@@ -99,6 +99,7 @@ def test_every_page_holds_its_figures_footer_alt_text_and_working_links(report):
         text = (site / f"{name}.html").read_text()
         assert text.count("<img") == figures, name
         assert "Traceback" not in text and "Error:" not in text and "Warning:" not in text, name
+        assert "&amp;#x27;" not in text and "&amp;lt;" not in text, name  # no entity escaped twice (shown raw)
         assert (site / "executed" / f"{name}.ipynb").exists()
     for path in pages:
         page = _parse(path)
@@ -541,3 +542,4 @@ def test_markdown_values_are_shown_literally():
 
     assert markdown_escape("the k* figures") == "the k\\* figures"
     assert markdown_escape("a_b_c [x] <b>") == "a\\_b\\_c \\[x\\] &lt;b&gt;"
+    assert markdown_escape("Gamma' and AutoAttack's") == "Gamma&#x27; and AutoAttack&#x27;s"  # entities intact

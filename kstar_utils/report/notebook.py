@@ -144,7 +144,7 @@ def escape(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
-_MARKDOWN_SPECIALS = re.compile(r"([\\`*_\[\]#|~])")
+_MARKDOWN_SPECIALS = re.compile(r"([\\`*_\[\]|~])")  # not "#": it is part of the HTML entities escape() makes
 
 
 def markdown_escape(value: Any) -> str:
