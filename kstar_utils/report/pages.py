@@ -95,7 +95,13 @@ def model_sections(results: Results, model_id: str) -> list[dict]:
     if len(rows) > 1:
         cols = [c for c in ("data", "accuracy", "accuracy_lo", "accuracy_hi", "gamma", "gamma_prime",
                             "gamma_prime_lo", "gamma_prime_hi", "latent_1nn_accuracy") if c in rows.columns]
-        sections.append({"heading": "On every evaluated data set", "table": table_html(rows[cols])})
+        table = rows[cols].copy()
+        chance = 1.0 / len(res.per_class)  # as the figures mark it: within 0.1 of chance, the task is not learned
+        table["near chance"] = ["yes" if a <= chance + 0.1 else "" for a in table["accuracy"]]
+        sections.append({"heading": "On every evaluated data set", "table": table_html(table),
+                         "text": f"\"near chance\": accuracy within 0.1 of chance ({format_number(chance)}), where "
+                                 "Gamma' describes a model that has not learned the task (marked in the figures "
+                                 "too)."})
     partners = results.gallery_partners(model_id)
     images = _images_or_none(results, model_id)
     if images is not None and partners:
