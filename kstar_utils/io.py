@@ -274,15 +274,13 @@ def read_features(path: str | os.PathLike, labels_in_file: bool = False) -> np.n
             if "allow_pickle" in str(err) else ""
         raise KStarInputError(f"cannot read features from {p}: {_read_error(p, err)}{advice}.") from None
     text_header = bool(table.attrs.get("header"))
-    if labels_in_file and "decimal" in table.attrs:  # one text table gives both: its labels' column is left out
-        if not text_header:
+    if labels_in_file:  # one table gives both: the column read_labels takes (the same rule) is left out
+        if "decimal" in table.attrs and not text_header:
             raise KStarInputError(f"features file {p} is given as LABELS too but has no header; name its columns in a "
                                   "first row, the label column label (or give the labels in their own file).")
         table = table.drop(columns=table.columns[_label_column(list(table.columns), p, "features")])
     named = [c for c in table.columns if str(c).strip().lower() in LABEL_COLUMNS]  # " label" is a label column too
-    if labels_in_file and "decimal" not in table.attrs:  # parquet: the column read_labels takes
-        table = table.drop(columns=[c for c in named if str(c).strip().lower() != "y"] or named)
-    elif not labels_in_file and [c for c in named if str(c).strip().lower() != "y"]:
+    if not labels_in_file and [c for c in named if str(c).strip().lower() != "y"]:
         label = next(c for c in named if str(c).strip().lower() != "y")
         raise KStarInputError(
             f"features file {p} has a column named {str(label).strip()!r}, which kstar reads as labels, not as a "
@@ -429,16 +427,7 @@ def _read_parquet_labels(p: Path) -> np.ndarray:
         raise KStarInputError(f"reading {p} needs pyarrow: pip install pyarrow (or save as .npy).") from err
     except (OSError, ValueError) as err:
         raise KStarInputError(f"cannot read labels from {p}: {err}") from err
-    named = [c for c in table.columns if str(c).lower() in LABEL_COLUMNS]
-    if len(named) == 1:
-        column = table[named[0]]
-    elif table.shape[1] == 1:
-        column = table.iloc[:, 0]
-    else:
-        raise KStarInputError(
-            f"labels file {p} has {table.shape[1]} columns; name exactly one label column "
-            f"({', '.join(LABEL_COLUMNS)}) or store the labels alone."
-        )
+    column = table.iloc[:, 0] if table.shape[1] == 1 else table.iloc[:, _label_column(list(table.columns), p)]
     missing = np.flatnonzero(column.isna().to_numpy())
     if missing.size:
         raise KStarInputError(f"labels file {p}: the label of row {int(missing[0])} is missing (null)"
