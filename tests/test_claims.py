@@ -249,26 +249,31 @@ def test_a_zoo_report_says_another_machine_trains_other_models(profile):
 def test_headline_qualifiers_say_what_the_partial_tests_found():
     """Beside "reproduced": the controls it does not survive, with the partial tests' own verdict words; beside
     "inconclusive": partial tests that are reproduced all the same, and whether Holm's adjustment keeps them."""
-    from kstar_utils.pipeline.claims import _qualifier
+    from kstar_utils.pipeline.claims import _qualifier, add_holm
 
     def partial(control, verdict, scope, p):
-        return control, {"verdict": verdict}, scope, {"p_value": p}
+        return control, {"verdict": verdict}, scope, {"claim": "c", "p_value": p}
+
+    def qualifier(verdict, partials, rows):  # the claim's rows carry their Holm-adjusted p, as the claims add it
+        add_holm(rows)
+        return _qualifier(verdict, partials)
 
     lost = [partial("latent 1-NN accuracy", evidence.INCONCLUSIVE, "", 0.03),
             partial("clean accuracy", evidence.INCONCLUSIVE, "", 0.03)]
-    assert _qualifier(evidence.REPRODUCED, lost, [r for *_, r in lost]) == (
+    assert qualifier(evidence.REPRODUCED, lost, [r for *_, r in lost]) == (
         "but not beyond latent 1-NN accuracy or clean accuracy (the partial tests below are inconclusive)")
     one = [partial("clean accuracy", evidence.NOT_REPRODUCED, "", 0.5)]
-    assert _qualifier(evidence.REPRODUCED, one, [r for *_, r in one]).endswith(
+    assert qualifier(evidence.REPRODUCED, one, [r for *_, r in one]).endswith(
         "(the partial test below is not reproduced)")
     held = [partial("clean accuracy", evidence.REPRODUCED, "L2", 0.032),
             partial("latent 1-NN accuracy", evidence.REPRODUCED, "L2", 0.031),
             partial("clean accuracy", evidence.INCONCLUSIVE, "Linf", 0.2)]
-    rows = [r for *_, r in held] + [{"p_value": 0.9}, {"p_value": 1.0}, {"p_value": 0.07}]
-    assert _qualifier(evidence.INCONCLUSIVE, held, rows) == (
+    rows = [r for *_, r in held] + [{"claim": "c", "p_value": p} for p in (0.9, 1.0, 0.07)]
+    assert qualifier(evidence.INCONCLUSIVE, held, rows) == (
         "though controlling for clean accuracy or latent 1-NN accuracy under L2 the relation is reproduced, but not "
         "after Holm's adjustment over the claim's tests: exploratory")
     strong = [partial("clean accuracy", evidence.REPRODUCED, "L2", 0.001)]
-    assert _qualifier(evidence.INCONCLUSIVE, strong, [r for *_, r in strong] + [{"p_value": 0.5}]).endswith(
+    strong_rows = [r for *_, r in strong] + [{"claim": "c", "p_value": 0.5}]
+    assert qualifier(evidence.INCONCLUSIVE, strong, strong_rows).endswith(
         "and stays below the level after Holm's adjustment")
-    assert _qualifier(evidence.INCONCLUSIVE, [], []) == "" and _qualifier(evidence.NOT_REPRODUCED, held, rows) == ""
+    assert qualifier(evidence.INCONCLUSIVE, [], []) == "" and qualifier(evidence.NOT_REPRODUCED, held, rows) == ""

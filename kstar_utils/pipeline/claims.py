@@ -61,10 +61,9 @@ def _combine(verdicts: list[str]) -> str:
     return ev.INCONCLUSIVE
 
 
-def _qualifier(verdict: str, partials: list[tuple[str, dict, str, dict]], rows: list[dict]) -> str:
+def _qualifier(verdict: str, partials: list[tuple[str, dict, str, dict]]) -> str:
     """What the headline says beside a verdict about its partial tests (``partials``: control, entry, the scope it
-    was tested in (e.g. a threat model) and its evidence row; ``rows``: the claim's evidence rows, the family for
-    Holm's adjustment):
+    was tested in (e.g. a threat model) and its evidence row, which carries ``p_holm`` from :func:`add_holm`):
     * "reproduced": the controls it does not survive, with those partial tests' own verdicts ("but not beyond latent
       1-NN accuracy (the partial test below is inconclusive)");
     * "inconclusive": the partial tests that are reproduced all the same, and whether they stay below the level after
@@ -80,7 +79,6 @@ def _qualifier(verdict: str, partials: list[tuple[str, dict, str, dict]], rows: 
         return f"but not beyond {controls} (the partial {tests} {verdicts})"
     if verdict != ev.INCONCLUSIVE:
         return ""
-    adjusted = ev.holm_adjusted([r["p_value"] for r in rows]) if rows else []
     held = [(control, scope, row) for control, entry, scope, row in partials if entry["verdict"] == ev.REPRODUCED]
     if not held:
         return ""
@@ -89,8 +87,7 @@ def _qualifier(verdict: str, partials: list[tuple[str, dict, str, dict]], rows: 
         by_scope.setdefault(scope, []).append(control)
     where = "; ".join(f"controlling for {' or '.join(controls)}" + (f" under {scope}" if scope else "")
                       for scope, controls in by_scope.items())
-    surviving = [row for _, _, row in held
-                 if next(a for r, a in zip(rows, adjusted) if r is row) < 1 - ev.CONFIDENCE]
+    surviving = [row for _, _, row in held if row["p_holm"] < 1 - ev.CONFIDENCE]
     holm = ("and stays below the level after Holm's adjustment" if len(surviving) == len(held) else
             "but not after Holm's adjustment over the claim's tests: exploratory" if not surviving else
             f"and {len(surviving)} of these {len(held)} tests stay below the level after Holm's adjustment")
@@ -120,8 +117,9 @@ def robustness_claim(profile: Profile, robustness: pd.DataFrame) -> dict | None:
             partials.append((control, partial, tm, rows[-1]))
     verdict = _combine([p["verdict"] for p in parts])
     sentence = " ".join(p["sentence"] for p in parts)
+    add_holm(rows)
     return {"id": "robustness", "title": "More robust models fracture concepts less", "verdict": verdict,
-            "qualifier": _qualifier(verdict, partials, rows), "sentence": sentence, "details": details,
+            "qualifier": _qualifier(verdict, partials), "sentence": sentence, "details": details,
             "parts": parts, "rows": rows}
 
 
@@ -183,8 +181,9 @@ def generalisation_claim(profile: Profile, generalisation: pd.DataFrame) -> dict
                    _evidence(part, "accuracy", "gamma_prime", units, group, f"accuracy on {data}", seed))
         details.append(e["sentence"])
         rows.append({"claim": "generalisation", "threat_model": "", "test": f"within {data}", **_row(e)})
+    add_holm(rows)
     return {"id": "generalisation", "title": "More general models fracture concepts less", "verdict": main["verdict"],
-            "qualifier": _qualifier(main["verdict"], partials, rows), "sentence": main["sentence"], "details": details,
+            "qualifier": _qualifier(main["verdict"], partials), "sentence": main["sentence"], "details": details,
             "parts": [main], "rows": rows}
 
 
@@ -431,8 +430,7 @@ def parameters(profile: Profile) -> dict[str, Any]:
 def claims_summary(profile: Profile, robustness: pd.DataFrame, generalisation: pd.DataFrame) -> dict:
     """Everything the report says about the claims, for summary.json."""
     claims = [c for c in (robustness_claim(profile, robustness), generalisation_claim(profile, generalisation)) if c]
-    rows = [r for c in claims for r in c.pop("rows")]
-    add_holm(rows)
+    rows = [r for c in claims for r in c.pop("rows")]  # each claim added its rows' p_holm (one family per claim)
     seeds = {"compute": profile.compute.seed}
     if profile.zoo is not None:
         seeds["training"] = list(profile.zoo.seeds)
