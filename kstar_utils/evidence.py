@@ -360,8 +360,9 @@ def partial_correlation(x: Any, y: Any, controls: Any, method: str = "spearman",
 
     ta, tb, tz = transform(a), transform(b), np.column_stack([transform(z[:, j]) for j in range(k)])
     ea, eb = _residualise(ta, tz), _residualise(tb, tz)
-    if _explained(ea, ta) or _explained(eb, tb):  # nothing of x (or y) is left beyond the controls
-        ev.extra.update(explained="units", explained_variable=x_name if _explained(ea, ta) else y_name)
+    x_gone, y_gone = _explained(ea, ta), _explained(eb, tb)
+    if x_gone or y_gone:  # nothing of x (or y) is left beyond the controls
+        ev.extra.update(explained="units", explained_variable=x_name if x_gone else y_name)
         return ev
     ev.rho = float(_rows_corr(ea, eb))
     ev.pearson = float(_rows_corr(_residualise(a, z), _residualise(b, z)))
@@ -388,10 +389,11 @@ def partial_correlation(x: Any, y: Any, controls: Any, method: str = "spearman",
             gz = np.column_stack([transform(means[:, 2 + j]) for j in range(k)])
             ma, mb = transform(means[:, 0]), transform(means[:, 1])
             ga, gb = _residualise(ma, gz), _residualise(mb, gz)
-            if _explained(ga, ma) or _explained(gb, mb):
+            x_gone, y_gone = _explained(ga, ma), _explained(gb, mb)
+            if x_gone or y_gone:
                 # e.g. 6 configuration means ordered alike by accuracy and by the control: their residuals are
                 # rounding noise, and a permutation test of noise (it had given rho 0.89, p 0.033) tests nothing
-                ev.extra.update(explained="means", explained_variable=x_name if _explained(ga, ma) else y_name)
+                ev.extra.update(explained="means", explained_variable=x_name if x_gone else y_name)
             else:
                 observed = float(_rows_corr(ga, gb))
                 ev.p_value, ev.exact_permutation = _permutation_p(ga, gb, observed, n_perm, rng)

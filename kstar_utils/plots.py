@@ -556,6 +556,12 @@ def _regions(ax: plt.Axes, threshold: float, lo: float, hi: float) -> None:
     ax.set_ylim(bottom, top)
 
 
+def _bands_text(threshold: float) -> str:
+    """The caption's words for the three bands drawn by :func:`_regions`."""
+    return (f"Bands: mostly fractured (Gamma' > {threshold:g}, blue), overlapped (red), clustered "
+            f"(Gamma' < -{threshold:g}, green)")
+
+
 def _region_handles() -> tuple[list, list[str]]:
     handles = [Patch(color=REGION_FILL[p], alpha=0.3) for p in metrics.PATTERNS]
     return handles, [f"mostly {p.lower()}" for p in metrics.PATTERNS]
@@ -775,8 +781,7 @@ def gamma_regions(frame: pd.DataFrame, x: str, y: str = "gamma_prime", hue: str 
            + (f", grouped by {hue}" if hue else "") + " on three bands: mostly fractured above "
            f"{threshold}, overlapped between, clustered below -{threshold}"
            + (f"; {'; '.join(bars)}" if bars else "") + (f". {'. '.join(stat_lines)}" if stat_lines else "") + ".")
-    bands = (f"Bands: mostly fractured (Gamma' > {threshold:g}, blue), overlapped (red), clustered "
-             f"(Gamma' < -{threshold:g}, green).")
+    bands = _bands_text(threshold) + "."
     ax._kstar_near = int(near.sum())  # read by gamma_regions_by, which says it once for all panels
     if near.any() and legend:
         bars.append(f"black rings: {int(near.sum())} row{'' if near.sum() == 1 else 's'} with accuracy within "
@@ -991,8 +996,7 @@ def gamma_lines(table: pd.DataFrame, x: str = "data", y: str = "gamma_prime", mo
     ax.set_xlim(-0.5, len(cats) - 0.5)
     ax.set_xlabel(x, fontsize=FONT)
     ax.set_ylabel("Gamma' (approximate skewness coefficient)", fontsize=FONT)
-    notes = ["Bands: mostly fractured (Gamma' > " f"{threshold:g}, blue), overlapped (red), clustered "
-             f"(Gamma' < -{threshold:g}, green)"]
+    notes = [_bands_text(threshold)]
     if pooled > 1:
         notes.append(f"each point: the mean of a {model}'s {pooled} rows (seeds); bars: their range")
     elif f"{y}_lo" in agg:

@@ -175,8 +175,9 @@ class RobustBenchSection:
         from ..sources.robustbench import DATASETS as ROBUSTBENCH_DATASETS  # checked now, not as 100 failed tasks
 
         if self.dataset.lower() not in ROBUSTBENCH_DATASETS:
-            raise ProfileError(f"robustbench.dataset is {self.dataset!r}; RobustBench's data sets are cifar10, "
-                               "cifar100 and imagenet.")
+            *others, last = sorted(set(ROBUSTBENCH_DATASETS.values()))
+            raise ProfileError(f"robustbench.dataset is {self.dataset!r}; RobustBench's data sets are "
+                               f"{', '.join(others)} and {last}.")
         _choice("robustbench.split", self.split, SPLITS)
         if self.per_class is not None:
             _at_least("robustbench.per_class", self.per_class, 1)

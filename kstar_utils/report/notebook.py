@@ -341,8 +341,9 @@ def show_model(results: Results, model_id: str) -> None:
     from .pages import model_accuracies, model_sections, model_title
 
     show_markdown("## {title}", title=model_title(results, model_id))
-    if model_accuracies(results, model_id):
-        show_markdown("{accuracies}.", accuracies=model_accuracies(results, model_id))
+    accuracies = model_accuracies(results, model_id)
+    if accuracies:
+        show_markdown("{accuracies}.", accuracies=accuracies)
     for section in model_sections(results, model_id):
         show_markdown("### {heading}", heading=section["heading"])
         if section.get("text"):
