@@ -20,7 +20,9 @@ samples, proposed two ways:
   dense product run in a few principal axes (plus the norm of the rest: a lower bound of the distance) when a check
   on random rows shows that ranking keeping the nearest foreign sample near its top; each row then takes the nearest
   in full of its ``PROJECTED_TOP`` first, and the recall checks measure what that misses.
-  ``params["candidate_dims"]`` says which space was used (D: the full one).
+  ``params["candidate_dims"]`` says which space was used (D: the full one). A large problem with no such projection,
+  on a CPU that multiplies bfloat16 natively, ranks in the full space in bfloat16 instead, the same way
+  (``params["candidate_precision"]``: "bfloat16", else "float32").
 Then
 * every candidate distance is computed exactly (float64 direct form), so r_p is never underestimated; a sample with
   no candidate at all gets the exact search;
@@ -61,6 +63,7 @@ from .defaults import (AUTO_ANN_MIN_WORK, AUTO_EXACT_MAX_WORK, AUTO_NARROW_DIMS,
 from .errors import ANNAccuracyWarning, KStarInputError  # noqa: F401  (re-exported for callers)
 from .neighbours import (
     ann_neighbour_graph,
+    bfloat16_ranking_features,
     exact_counts,
     exact_foreign_radius,
     exact_pair_distances,
@@ -68,6 +71,7 @@ from .neighbours import (
     foreign_top_projected,
     nearest_among,
     nearest_among_projected,
+    native_bfloat16,
     principal_axes,
     projected_coordinates,
     projected_features,
@@ -515,6 +519,9 @@ def _ann_kstar(data, n_neighbors: int, seed: int, n_jobs: int | None, block_size
             f"N^2 x D is at most {AUTO_EXACT_MAX_WORK:.0e}, and no projection onto a few principal axes kept each "
             "sampled row's nearest foreign sample among its first candidates (features of high intrinsic "
             "dimension): there ANN is no faster than exact")}
+    precision = "float32"
+    if projected is None and float(data.n) ** 2 * dims >= PROJECTION_MIN_WORK and native_bfloat16(data.device):
+        projected, precision = bfloat16_ranking_features(data), "bfloat16"
     exact_audit = 1 + exact_counts(data, audit_rows, block_size=block_size)[0]
     lap("exact_audit")
     radius, settled = _graph_candidates(data, n_neighbors, seed, n_jobs)
@@ -538,7 +545,8 @@ def _ann_kstar(data, n_neighbors: int, seed: int, n_jobs: int | None, block_size
     sample_info = _sampled_candidates(data, radius, settled, rng, audit_rows, block_size, stop_after=gate,
                                       projected=projected)
     lap("sampled_candidates")
-    info = {"n_neighbors": int(min(n_neighbors, data.n - 1)), "candidate_dims": int(dims), **sample_info,
+    info = {"n_neighbors": int(min(n_neighbors, data.n - 1)), "candidate_dims": int(dims),
+            "candidate_precision": precision, **sample_info,
             "ann_phase_seconds": phases}
     if sample_info["stopped_early"]:
         diff = np.concatenate(done["differences"] or [np.zeros(0, dtype=np.int64)])

@@ -332,3 +332,39 @@ def test_the_projected_search_takes_the_exact_nearest_of_its_top_only():
     assert found.tolist() == [1] and values.item() == pytest.approx(4.25)
     values, found = nearest_among_projected(data, projected, rows, cols, top=2)
     assert found.tolist() == [2] and values.item() == pytest.approx(1.0)
+
+
+def test_native_bfloat16_follows_the_cpu_flags_and_is_off_elsewhere():
+    from kstar_utils.neighbours import native_bfloat16
+
+    flags = [getattr(torch.cpu, name, lambda: False)() for name in ("_is_avx512_bf16_supported",
+                                                                    "_is_amx_tile_supported")]
+    assert native_bfloat16(torch.device("cpu")) == any(flags)
+    assert native_bfloat16(torch.device("meta")) is False  # CUDA and the rest keep float32 ranking
+
+
+def test_bfloat16_ranking_layout_ranks_by_squared_distance_within_its_rounding():
+    """left . right in bfloat16 is the squared distance of the centred rows within bfloat16 rounding (norms carried in
+    three parts), and the searches that rank in it find the float32 search's nearest candidates on separated data."""
+    import kstar_utils.neighbours as nb
+
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(600, 40)) + 3 * np.repeat(np.eye(3, 40) * 4, 200, axis=0) + 100.0  # a large common offset
+    y = np.repeat(np.arange(3), 200)
+    data = sort_by_class(x, y, torch.device("cpu"))
+    ranking = nb.bfloat16_ranking_features(data)
+    assert ranking.left.dtype == ranking.right.dtype == torch.bfloat16 and ranking.inner % nb.BF16_INNER_PAD == 0
+    assert ranking.exact is data.exact and np.array_equal(ranking.codes, data.codes)
+    approx = (ranking.left @ ranking.right.T).double()
+    centred = data.left[:, :40].double()
+    exact = torch.cdist(centred, centred) ** 2
+    scale = (data.norms[:, None] + data.norms[None, :]) ** 2
+    assert float(((approx - exact).abs() / scale).max()) < 2**-6
+    assert float(((approx - exact).abs() / scale).max()) > 2**-20  # rounded: the test can tell bfloat16 from float32
+    rows, cols = torch.arange(0, 200), torch.arange(200, 600)
+    values, found = nb.nearest_among_projected(data, ranking, rows, cols, top=8)
+    np.testing.assert_array_equal(found.numpy(), nb.nearest_among(data, rows, cols)[1].numpy())
+    np.testing.assert_array_equal(values.numpy(), nb.exact_pair_distances(data.exact, rows, found).numpy() ** 2)
+    top_values, top_indices = nb.foreign_top_projected(data, ranking, rows, 16)
+    np.testing.assert_array_equal(top_indices[:, 0].numpy(), nb.foreign_top(data, rows, 1)[1][:, 0].numpy())
+    assert torch.all(top_values[:, 1:] >= top_values[:, :-1])

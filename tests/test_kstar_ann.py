@@ -382,3 +382,27 @@ def test_a_large_problem_searches_its_candidates_in_the_projection(monkeypatch):
     assert np.all(ann.kstar >= exact.kstar)
     assert np.mean(ann.kstar == exact.kstar) >= min(0.99, np.mean(plain.kstar == exact.kstar))
     assert ann.audit["fraction_identical"] >= 0.98
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_a_large_problem_without_a_projection_ranks_in_bfloat16_where_the_cpu_multiplies_it(monkeypatch, native):
+    """Isotropic features above PROJECTION_MIN_WORK have no projection: on a CPU with native bfloat16 the sampled
+    rows, the recall checks and the dense pass rank in bfloat16 and take exact distances of the first few (k* never
+    below exact, as close as float32 ranking); elsewhere they rank in float32. The result says which."""
+    import kstar_utils.kstar as kstar_module
+    from kstar_utils.synthetic import gaussian_classes
+
+    x, y = gaussian_classes(3000, 64, 5, separation=0.35, seed=1)
+    exact = compute_kstar(x, y, method="exact")
+    plain = compute_kstar(x, y, method="ann", n_neighbors=10, n_jobs=1, audit_size=300)
+    assert plain.params["candidate_precision"] == "float32"  # a small problem
+    ranked = []
+    real = kstar_module.bfloat16_ranking_features
+    monkeypatch.setattr(kstar_module, "bfloat16_ranking_features", lambda data: ranked.append(1) or real(data))
+    monkeypatch.setattr(kstar_module, "native_bfloat16", lambda device: native)
+    monkeypatch.setattr(kstar_module, "PROJECTION_MIN_WORK", 0.0)
+    ann = compute_kstar(x, y, method="ann", n_neighbors=10, n_jobs=1, audit_size=300)
+    assert ann.params["candidate_dims"] == 64 and len(ranked) == int(native)
+    assert ann.params["candidate_precision"] == ("bfloat16" if native else "float32")
+    assert np.all(ann.kstar >= exact.kstar)
+    assert np.mean(ann.kstar == exact.kstar) >= np.mean(plain.kstar == exact.kstar) - 0.005

@@ -108,6 +108,18 @@ def test_row_smallest_fills_short_rows_with_inf_and_minus_one():
     assert torch.all(torch.isinf(values[:, 3:])) and torch.all(indices[:, 3:] == -1)
 
 
+def test_row_smallest_takes_bfloat16_tiles_as_their_float32_values():
+    """The ANN path's bfloat16 ranking tiles: pushed as they are, they keep what their float32 values would."""
+    g = (_tile(12, 500, seed=6) / 7).to(torch.bfloat16)
+    as_bf16, as_f32 = (tile_kernels.RowSmallest(12, 20, torch.device("cpu")) for _ in range(2))
+    for lo in range(0, 500, 128):
+        as_bf16.push(g[:, lo : lo + 128], lo)
+        as_f32.push(g[:, lo : lo + 128].float(), lo)
+    for a, b in zip(as_bf16.result(), as_f32.result()):
+        assert torch.equal(a, b)
+    assert as_bf16.result()[0].dtype == torch.float32
+
+
 def test_row_smallest_torch_form_keeps_the_same_values():
     """Other devices merge torch top-m per tile (a float64 tile takes that form here): the same values, and the
     columns hold them (which of tied columns is kept is torch's choice)."""
