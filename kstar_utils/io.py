@@ -55,7 +55,8 @@ def _read_table(path: Path) -> pd.DataFrame:
     lines = [number for number, _ in rows]
     cells = [row for _, row in rows]
     width = len(cells[0])
-    decimal = "," if sep in ("\t", ";") and any(_DECIMAL_COMMA.fullmatch(c) for row in cells for c in row) else "."
+    decimal = "," if sep in ("\t", ";") and any(
+        _DECIMAL_COMMA.fullmatch(c) for row in cells if "," in "\x1f".join(row) for c in row) else "."
     first = cells[0]
     if len(first) > 1 and first[0] == "" and all(first[1:]):
         raise KStarInputError(
@@ -117,11 +118,13 @@ def _split_table(path: Path, what: str) -> tuple[list[tuple[int, list[str]]], st
                 rows.append((number, [_clean_cell(c, quotes=True) for c in _BLANKS.split(line.strip())]))
     else:
         reader = csv.reader(_io.StringIO(text), delimiter=sep or ",", strict=True)
+        # str.strip is all _clean_cell does when the text holds no invisible character (the common case: 3x faster)
+        clean = _clean_cell if any(c in text for c in _INVISIBLE) else str.strip
         try:
             start = 1
             for row in reader:
-                if any(cell.strip() for cell in row):
-                    rows.append((start, [_clean_cell(c) for c in row]))
+                if "".join(row).strip():  # not a blank line
+                    rows.append((start, list(map(clean, row))))
                 start = reader.line_num + 1
         except csv.Error as err:
             raise KStarInputError(f"{what} file {path}: line {reader.line_num}: {err}; fix the quotes there.") from None
@@ -186,6 +189,12 @@ def _table_numbers(table: pd.DataFrame, path: Path) -> np.ndarray:
         return table.to_numpy(dtype=np.float64)
     decimal, lines = table.attrs["decimal"], table.attrs["lines"]
     cells = table.to_numpy(dtype=object)
+    if decimal == ".":  # every cell as Python's float reads it (as numpy's string conversion does), in one pass:
+        try:  # about 3x faster than a conversion per column; anything else takes the path below and its messages
+            return np.fromiter(map(float, cells.ravel().tolist()), dtype=np.float64,
+                               count=cells.size).reshape(cells.shape)
+        except ValueError:
+            pass
     values = np.empty(cells.shape, dtype=np.float64)
     for j in range(cells.shape[1]):
         column = np.char.replace(cells[:, j].astype(str), "\u2212", "-")  # a Unicode minus is a minus
@@ -400,6 +409,9 @@ def _read_text_labels(p: Path, one_per_line: bool) -> np.ndarray:
         column = _label_column(rows[0], p)
         cells = []
         for number, row in enumerate(rows[1:]):
+            if not any(row):
+                raise KStarInputError(f"labels file {p}: row {number} (line {number + 2}) is blank, a sample without "
+                                      "a label; give every sample a label or remove it from both files.")
             if len(row) != width:
                 raise KStarInputError(f"labels file {p}: row {number} (line {number + 2}) has {len(row)} cells, the "
                                       f"header has {width}; fix that line.")
@@ -407,7 +419,8 @@ def _read_text_labels(p: Path, one_per_line: bool) -> np.ndarray:
         header = 1
     else:
         cells = [row[0] if row else "" for row in rows]
-        over_integers = (not _INTEGER_LIKE.fullmatch(cells[0])  # "+1" or "07" above integers is a label, no header
+        # a blank first line is a missing label, not a header; "+1" or "07" above integers is a label too
+        over_integers = (cells[0] != "" and not _INTEGER_LIKE.fullmatch(cells[0])
                          and all(_PLAIN_INTEGER.fullmatch(c) for c in cells[1:]))
         column_name = (not one_per_line and cells[0].lower() in LABEL_COLUMNS and cells[0] not in cells[1:])
         header = int(len(cells) > 1 and (over_integers or column_name))

@@ -857,8 +857,9 @@ def nearest_among_projected(data: ClassSortedFeatures, projected: ClassSortedFea
     ``projected``, with its exact float64 squared distance (the float64 direct form, as the verification takes it).
 
     The dense product over the candidates runs in the ranking layout (a projection's few columns, or the bfloat16
-    layout of :func:`bfloat16_ranking_features`); only ``top`` pairs per row are then computed in full. What this can miss (a true nearest candidate ranked below ``top`` in the projection) is what
-    the ANN path's recall check and audit measure."""
+    layout of :func:`bfloat16_ranking_features`); only ``top`` pairs per row are then computed in full. What this can
+    miss (a true nearest candidate ranked below ``top`` there) is what the ANN path's recall check and audit
+    measure."""
     values = torch.full((rows.numel(),), math.inf, dtype=torch.float64, device=data.device)
     found = torch.zeros(rows.numel(), dtype=torch.int64, device=data.device)
     if cols.numel() == 0 or rows.numel() == 0:

@@ -52,6 +52,7 @@ FIGURE_WIDTH_IN = 9.0
 DISPLAY_WIDTH_PX = 900
 MIN_FONT_PT = 9.0
 SAVE_DPI = 150
+CHANCE_MARGIN = 0.1  # an accuracy within this of chance (1 / classes) is marked near chance everywhere
 FONT = 10.0  # base size of every text drawn here: 10 pt on a 9 in figure shows as ~10.4 pt at 900 px
 SMALL = 9.5
 # Gamma' heatmap colours, by the regions' own hues: green (clustered, below -t) darkening away from the band, a pale
@@ -647,7 +648,7 @@ def gamma_regions(frame: pd.DataFrame, x: str, y: str = "gamma_prime", hue: str 
                   yerr: Any = "auto", xerr: Any = "auto", n: str | int | None = None, config: str | None = None,
                   units: str | None = None, stats: bool = True, max_labels: int = 16, n_boot: int = 2000,
                   seed: int = 0, crowded_groups: int = 3, legend: bool = True, short_title: bool = False,
-                  chance: float | None = None, chance_margin: float = 0.1) -> Figure:
+                  chance: float | None = None, chance_margin: float = CHANCE_MARGIN) -> Figure:
     """Gamma' of each model against an accuracy (Figures 3 and 4), on the blue/red/green regions.
 
     * Error bars: y from ``{y}_lo``/``{y}_hi`` (bootstrap interval of Gamma'), x from ``{x}_lo``/``{x}_hi`` or, with
@@ -740,7 +741,7 @@ def gamma_regions(frame: pd.DataFrame, x: str, y: str = "gamma_prime", hue: str 
                 brief = f"n = {ev.n}: too few for a correlation"
     ax.set_xlabel(xlabel or x, fontsize=FONT)
     ax.set_ylabel("Gamma' (approximate skewness coefficient)", fontsize=FONT)
-    near = _near_chance(data[x].to_numpy(float), chance, chance_margin) if chance is not None \
+    near = near_chance(data[x].to_numpy(float), chance, chance_margin) if chance is not None \
         else np.zeros(len(data), bool)
     if near.any():
         ax.scatter(data.loc[near, x], data.loc[near, y], marker="o", s=220, facecolor="none", edgecolor="black",
@@ -821,7 +822,7 @@ def gamma_regions_by(frame: pd.DataFrame, x: str, by: str, y: str = "gamma_prime
         fig.suptitle(title, fontsize=FONT + 1, x=0.01, ha="left")
     near = sum(getattr(ax, "_kstar_near", 0) for ax in axes)
     rings = (f"Black rings: {near} row{'' if near == 1 else 's'} with accuracy within "
-             f"{kwargs.get('chance_margin', 0.1):g} of chance." if near else "")
+             f"{kwargs.get('chance_margin', CHANCE_MARGIN):g} of chance." if near else "")
     return _finish(fig, f"One panel per {by} ({', '.join(str(n) for n, _ in groups)}), on one Gamma' scale.",
                    " ".join([caption(fig) or ""] + ([rings] if rings else []) +
                             ["Each panel's title gives Spearman rho, its 95% interval and p; in full:"] + statistics))
@@ -837,7 +838,10 @@ def _aggregate_cells(table: pd.DataFrame, keys: list[str], value: str, extra: li
     return agg.reset_index()
 
 
-def _near_chance(acc: Any, chance: Any, margin: float) -> np.ndarray:
+def near_chance(acc: Any, chance: Any, margin: float | None = None) -> np.ndarray:
+    """Where an accuracy lies within ``margin`` (CHANCE_MARGIN) of chance: there Gamma' describes a model that has not
+    learned the task, so every figure and table marks it. NaN (an accuracy not measured) is never near."""
+    margin = CHANCE_MARGIN if margin is None else margin
     a = np.asarray(acc, dtype=np.float64)
     c = np.asarray(chance, dtype=np.float64)
     with np.errstate(invalid="ignore"):
@@ -856,9 +860,10 @@ def gamma_colormap(threshold: float, limit: float) -> LinearSegmentedColormap:
 
 
 def gamma_heatmap(table: pd.DataFrame, row: str = "model", col: str = "data", value: str = "gamma_prime",
-                  accuracy: str | None = "accuracy", chance: float | str | None = None, chance_margin: float = 0.1,
-                  threshold: float = metrics.DEFAULT_THRESHOLD, row_order: Sequence | None = None,
-                  col_order: Sequence | None = None, title: str | None = None) -> Figure:
+                  accuracy: str | None = "accuracy", chance: float | str | None = None,
+                  chance_margin: float = CHANCE_MARGIN, threshold: float = metrics.DEFAULT_THRESHOLD,
+                  row_order: Sequence | None = None, col_order: Sequence | None = None,
+                  title: str | None = None) -> Figure:
     """Figure 4 as a model x data set heatmap of Gamma', each cell annotated with its value (and its bootstrap
     interval when ``{value}_lo``/``{value}_hi`` exist). Several rows per cell (seeds) are averaged and the cell says
     how many. A dagger and hatching mark cells whose ``accuracy`` is within ``chance_margin`` of ``chance`` (a number
@@ -944,9 +949,9 @@ def gamma_heatmap(table: pd.DataFrame, row: str = "model", col: str = "data", va
 
 
 def gamma_lines(table: pd.DataFrame, x: str = "data", y: str = "gamma_prime", model: str = "model",
-                accuracy: str | None = "accuracy", chance: float | str | None = None, chance_margin: float = 0.1,
-                threshold: float = metrics.DEFAULT_THRESHOLD, order: Sequence | None = None,
-                title: str | None = None) -> Figure:
+                accuracy: str | None = "accuracy", chance: float | str | None = None,
+                chance_margin: float = CHANCE_MARGIN, threshold: float = metrics.DEFAULT_THRESHOLD,
+                order: Sequence | None = None, title: str | None = None) -> Figure:
     """Figure 4 as lines: Gamma' of each model (one colour, marker and line style each) across the data sets on the
     x axis, over the three regions, and a black ring where the model's accuracy is within ``chance_margin`` of
     ``chance``. Where several rows share (model, data set), e.g. the seeds of a configuration, each point is their
@@ -1031,7 +1036,7 @@ def _mark_near_chance(table: pd.DataFrame, accuracy: str | None, chance: float |
     if not accuracy or accuracy not in table or chance is None:
         return table
     ch = table[chance].to_numpy(float) if isinstance(chance, str) else chance
-    return table.assign(_near=_near_chance(table[accuracy].to_numpy(float), ch, margin).astype(float))
+    return table.assign(_near=near_chance(table[accuracy].to_numpy(float), ch, margin).astype(float))
 
 
 # ------------------------------------------------------------------------------------------- beyond: the fracture

@@ -403,6 +403,10 @@ API_ERRORS = [
             r"rows 1\b"),
     ApiCase("txt-blank-line", "7", _labels_file("l.txt", "a\nb\n\na\n"), KStarInputError,
             r"l\.txt: the label of row 2 .* is empty"),
+    ApiCase("txt-blank-first-line-over-integers", "7", _labels_file("l.txt", "\n1\n2\n3\n"), KStarInputError,
+            r"l\.txt: the label of row 0 \(line 1\) is empty"),  # not a header
+    ApiCase("csv-blank-line-between-rows", "7", _labels_file("l.csv", "id,label\n0,a\n\n2,b\n"), KStarInputError,
+            r"l\.csv: row 1 \(line 3\) is blank, a sample without a label"),
     ApiCase("csv-missing-cell", "7", _labels_file("l.csv", "id,label\n0,a\n1,\n2,b\n"), KStarInputError,
             r"l\.csv: the label of row 1 .* is empty"),
     ApiCase("csv-two-columns-no-label-column", "7", _labels_file("l.csv", "id,name\n0,a\n1,b\n"), KStarInputError,

@@ -11,10 +11,12 @@ import math
 import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ..evidence import format_number
 from ..pipeline.claims import shifted_set_means
+from ..plots import CHANCE_MARGIN, near_chance
 from .notebook import Results, model_links, table_one
 from .render import MISSING, alt_text, format_value, png, table_html, write_page
 
@@ -96,10 +98,11 @@ def model_sections(results: Results, model_id: str) -> list[dict]:
         cols = [c for c in ("data", "accuracy", "accuracy_lo", "accuracy_hi", "gamma", "gamma_prime",
                             "gamma_prime_lo", "gamma_prime_hi", "latent_1nn_accuracy") if c in rows.columns]
         table = rows[cols].copy()
-        chance = 1.0 / len(res.per_class)  # as the figures mark it: within 0.1 of chance, the task is not learned
-        table["near chance"] = ["yes" if a <= chance + 0.1 else "" for a in table["accuracy"]]
+        chance = 1.0 / len(res.per_class)  # as the figures mark it
+        table["near chance"] = np.where(near_chance(table["accuracy"], chance), "yes", "")
         sections.append({"heading": "On every evaluated data set", "table": table_html(table),
-                         "text": f"\"near chance\": accuracy within 0.1 of chance ({format_number(chance)}), where "
+                         "text": f"\"near chance\": accuracy within {CHANCE_MARGIN:g} of chance "
+                                 f"({format_number(chance)}), where "
                                  "Gamma' describes a model that has not learned the task (marked in the figures "
                                  "too)."})
     partners = results.gallery_partners(model_id)
