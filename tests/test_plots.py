@@ -561,3 +561,13 @@ def test_compare_embeddings_sets_the_pair_side_by_side_and_names_the_settings(rn
     assert len(fig.legends) == 1 and [t.get_text() for t in fig.legends[0].get_texts()] == ["a", "b", "c"]
     assert "t-SNE (scikit-learn, perplexity 29, PCA initialisation, seed 3) of 90 feature vectors" in plots.caption(fig)
     assert "Colours mark classes" in plots.caption(fig)
+
+
+def test_near_chance_marks_accuracies_within_the_shared_margin_and_never_a_missing_one():
+    """One rule for every figure and the model pages: within CHANCE_MARGIN of chance, NaN never near."""
+    from kstar_utils import plots
+
+    acc = np.array([0.1, 0.2, 0.2 + 1e-9, 0.9, np.nan])
+    np.testing.assert_array_equal(plots.near_chance(acc, 0.1), [True, True, False, False, False])
+    np.testing.assert_array_equal(plots.near_chance(acc, 0.1, margin=0.0), [True, False, False, False, False])
+    assert plots.CHANCE_MARGIN == 0.1
