@@ -838,10 +838,9 @@ def _aggregate_cells(table: pd.DataFrame, keys: list[str], value: str, extra: li
     return agg.reset_index()
 
 
-def near_chance(acc: Any, chance: Any, margin: float | None = None) -> np.ndarray:
-    """Where an accuracy lies within ``margin`` (CHANCE_MARGIN) of chance: there Gamma' describes a model that has not
-    learned the task, so every figure and table marks it. NaN (an accuracy not measured) is never near."""
-    margin = CHANCE_MARGIN if margin is None else margin
+def near_chance(acc: Any, chance: Any, margin: float = CHANCE_MARGIN) -> np.ndarray:
+    """Where an accuracy lies within ``margin`` of chance: there Gamma' describes a model that has not learned the
+    task, so every figure and table marks it. NaN (an accuracy not measured) is never near."""
     a = np.asarray(acc, dtype=np.float64)
     c = np.asarray(chance, dtype=np.float64)
     with np.errstate(invalid="ignore"):
@@ -1155,6 +1154,7 @@ def fracture_gallery(images: Any, labels: Sequence, class_names: Sequence | dict
 
 
 __all__ = [
+    "CHANCE_MARGIN",
     "DISPLAY_WIDTH_PX",
     "MIN_FONT_PT",
     "OKABE_ITO",
@@ -1179,6 +1179,7 @@ __all__ = [
     "compare_distributions",
     "compare_embeddings",
     "most_fractured_classes",
+    "near_chance",
     "overlapping_texts",
     "readability_problems",
     "small_texts",
