@@ -128,6 +128,9 @@ def _split_table(path: Path, what: str) -> tuple[list[tuple[int, list[str]]], st
                 start = reader.line_num + 1
         except csv.Error as err:
             raise KStarInputError(f"{what} file {path}: line {reader.line_num}: {err}; fix the quotes there.") from None
+    if not rows:  # only separators or empty quotes ("," or '""'): no cell holds anything
+        raise KStarInputError(f"{what} file {path} holds no values, only separators or empty cells; write one sample "
+                              "per line.")
     if len(rows) > 1 and all(len(row) > 1 and row[-1] == "" for _, row in rows):
         rows = [(number, row[:-1]) for number, row in rows]  # a separator at the end of every line
     width = len(rows[0][1])
@@ -288,6 +291,9 @@ def read_features(path: str | os.PathLike, labels_in_file: bool = False) -> np.n
             raise KStarInputError(f"features file {p} is given as LABELS too but has no header; name its columns in a "
                                   "first row, the label column label (or give the labels in their own file).")
         table = table.drop(columns=table.columns[_label_column(list(table.columns), p, "features")])
+        if table.shape[1] == 0:
+            raise KStarInputError(f"features file {p} holds only its label column; add the feature columns, or give "
+                                  "the features in their own file.")
     named = [c for c in table.columns if str(c).strip().lower() in LABEL_COLUMNS]  # " label" is a label column too
     if not labels_in_file and [c for c in named if str(c).strip().lower() != "y"]:
         label = next(c for c in named if str(c).strip().lower() != "y")
@@ -319,8 +325,9 @@ def read_labels(path: str | os.PathLike, table: bool = False) -> np.ndarray:
       those names and does not occur again below it (what ``pandas.DataFrame.to_csv(index=False)`` writes).
     * In both, a first row that is not a plain integer above rows that all are is a header (``digit`` over
       ``3, 1, 3``). Nothing else is a header: a ``.txt`` column of words has none.
-    * Labels are integers only when *every* label is a plain integer (``-?(0|[1-9][0-9]*)``); otherwise all are kept
-      as the strings written, so ``007``, ``07`` and ``7`` stay three classes and ``NA`` is the class ``NA``.
+    * Labels are integers only when *every* label is a plain integer (``-?(0|[1-9][0-9]*)``) within int64; otherwise
+      all are kept as the strings written, so ``007``, ``07`` and ``7`` stay three classes and ``NA`` is the class
+      ``NA``. Surrounding blanks and zero-width characters are not part of a label.
     * An empty cell (or a blank line, a parquet null, a NaN) is a missing label: KStarInputError naming its row.
     * ``table=True`` (the same file gives the features): a ``.txt`` is read as a table too, like a ``.csv``.
     * In an extract directory, integer labels are mapped to the class names of ``classes.json`` when it exists.
@@ -380,10 +387,15 @@ def _check_no_missing(labels: np.ndarray, p: Path) -> None:
                               "header); give every sample a label or remove it from both files.")
 
 
+_INT64_MIN, _INT64_MAX = int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max)
+
+
 def _typed_labels(cells: list[str]) -> np.ndarray:
-    """int64 when every cell is a plain integer, otherwise the strings as written."""
+    """int64 when every cell is a plain integer that int64 holds, otherwise the strings as written."""
     if cells and all(_PLAIN_INTEGER.fullmatch(c) for c in cells):
-        return np.asarray([int(c) for c in cells], dtype=np.int64)
+        values = [int(c) for c in cells]
+        if all(_INT64_MIN <= v <= _INT64_MAX for v in values):  # else kept as written: ids longer than int64
+            return np.asarray(values, dtype=np.int64)
     return np.asarray(cells, dtype=str)
 
 
@@ -400,7 +412,7 @@ def _read_text_labels(p: Path, one_per_line: bool) -> np.ndarray:
     first = lines[0]
     sep = None if one_per_line else _separator(_QUOTED.sub("", first))
     if one_per_line:
-        rows = [[line.strip()] for line in lines]
+        rows = [[_clean_cell(line)] for line in lines]  # invisible characters go, as from a .csv's cells
     else:  # a one-column .csv is unquoted too ('"label"' is the header label)
         rows = [[_clean_cell(cell) for cell in row] or [""]
                 for row in csv.reader(_io.StringIO("\n".join(lines)), delimiter=sep or "\x1f")]  # one column

@@ -34,7 +34,7 @@ from kstar_utils.errors import (
     KStarInputError,
     ReportFolderError,
 )
-from kstar_utils.io import read_labels
+from kstar_utils.io import read_features, read_labels
 
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 HUB_RESNET18 = "resnet18-f37072fd.pth"  # torchvision's published file name for ResNet18_Weights.IMAGENET1K_V1
@@ -597,7 +597,6 @@ def test_the_pickle_payload_is_live(tmp_path):
 def test_decimal_comma_tables_read_as_numbers(tmp_path):
     """A spreadsheet saved in a decimal-comma locale ("1,5;2,25"): semicolons or tabs split the cells and the commas
     are decimal points, for features and labels alike; a plain comma-separated file is unchanged."""
-    from kstar_utils.io import read_features, read_labels
 
     x = np.array([[1.5, -2.25], [0.125, 3.0], [4.0, 0.5]])
     with_label = "a;b;label\n" + "\n".join(f"{a};{b};{lab}".replace(".", ",") for (a, b), lab in zip(x, "xyx"))
@@ -624,7 +623,6 @@ def test_decimal_comma_tables_read_as_numbers(tmp_path):
 ])
 def test_tables_are_read_as_written(tmp_path, text, expected):
     """Found by a hostile review: each of these had lost a sample, a column or a label column without an error."""
-    from kstar_utils.io import read_features, read_labels
 
     path = tmp_path / "t.csv"
     path.write_text(text)
@@ -645,7 +643,6 @@ def test_tables_are_read_as_written(tmp_path, text, expected):
     ("a,b\n1,2\n3,\n", "line 3, column 'b' holds an empty cell"),
 ])
 def test_tables_that_cannot_be_read_as_written_are_refused_with_the_line(tmp_path, text, message):
-    from kstar_utils.io import read_features
 
     path = tmp_path / "t.csv"
     path.write_text(text)
@@ -654,7 +651,6 @@ def test_tables_that_cannot_be_read_as_written_are_refused_with_the_line(tmp_pat
 
 
 def test_a_binary_file_named_csv_is_named_as_such(tmp_path):
-    from kstar_utils.io import read_features
 
     (tmp_path / "b.csv").write_bytes(b"\x93\x00\x01abc")
     with pytest.raises(KStarInputError, match=r"not a UTF-8 text table \(a binary file named \.csv\?\)"):
@@ -663,7 +659,6 @@ def test_a_binary_file_named_csv_is_named_as_such(tmp_path):
 
 def test_x_y_label_tables_keep_y_as_a_coordinate(tmp_path):
     """In "x, y, label" y is a coordinate and label the labels, for both readers; "a, y" alone: y is the label."""
-    from kstar_utils.io import read_features, read_labels
 
     (tmp_path / "xy.csv").write_text("x,y,label\n1.5,2.5,0\n3.5,4.5,1\n")
     assert read_labels(tmp_path / "xy.csv").tolist() == [0, 1]
@@ -703,7 +698,6 @@ def test_one_table_as_both_files_needs_its_label_column_named(tmp_path, capsys, 
 
 
 def test_one_table_as_both_files_is_split_alike_for_features_and_labels(tmp_path):
-    from kstar_utils.io import read_features, read_labels
 
     for name, text in (("blank.txt", 'x y label\n0.0 0.0 0\n0.1 0.0 0\n5.0 5.0 1\n'),
                        ("quoted.txt", '"x" "y" "label"\n0.0 0.0 0\n0.1 0.0 0\n5.0 5.0 1\n'),
@@ -724,7 +718,6 @@ def test_one_table_as_both_files_is_split_alike_for_features_and_labels(tmp_path
     ("1.0,NA\n0.1,0.0\n", "line 1 mixes words ('NA') and numbers"),  # had been dropped as a header
 ])
 def test_more_tables_that_cannot_be_read_as_written_are_refused(tmp_path, text, message):
-    from kstar_utils.io import read_features
 
     path = tmp_path / "t.csv"
     path.write_text(text, encoding="utf-8")
@@ -733,7 +726,6 @@ def test_more_tables_that_cannot_be_read_as_written_are_refused(tmp_path, text, 
 
 
 def test_unicode_minus_quoted_one_column_and_integer_like_first_labels(tmp_path):
-    from kstar_utils.io import read_features, read_labels
 
     (tmp_path / "m.csv").write_text("\u22121.5,2.0\n0.1,0.0\n", encoding="utf-8")
     assert read_features(tmp_path / "m.csv").tolist() == [[-1.5, 2.0], [0.1, 0.0]]
@@ -746,7 +738,6 @@ def test_unicode_minus_quoted_one_column_and_integer_like_first_labels(tmp_path)
 
 
 def test_pandas_integer_column_names_beside_a_label_column_are_a_header(tmp_path):
-    from kstar_utils.io import read_features, read_labels
 
     frame = pd.DataFrame(np.arange(6.0).reshape(3, 2) / 4)
     frame.insert(0, "label", [0, 1, 0])
@@ -754,3 +745,26 @@ def test_pandas_integer_column_names_beside_a_label_column_are_a_header(tmp_path
     expected = (np.arange(6.0).reshape(3, 2) / 4).tolist()
     assert read_features(tmp_path / "t.csv", labels_in_file=True).tolist() == expected
     assert read_labels(tmp_path / "t.csv").tolist() == [0, 1, 0]
+
+
+def test_tables_of_nothing_or_of_labels_only_are_refused_with_a_message(tmp_path):
+    """Found by the fourth tester: these crashed with IndexError, not an error a user can act on."""
+    for name, text in (("commas.csv", ",\n"), ("semis.csv", ";\r\n"), ("quotes.csv", '""\n'), ("bare.csv", ",")):
+        (tmp_path / name).write_text(text)
+        with pytest.raises(KStarInputError, match="holds no values, only separators or empty cells"):
+            read_features(tmp_path / name)
+    (tmp_path / "class.csv").write_text("class\n1\n2\n")
+    with pytest.raises(KStarInputError, match="holds only its label column"):
+        read_features(tmp_path / "class.csv", labels_in_file=True)
+
+
+def test_integer_labels_beyond_int64_are_kept_as_written_and_txt_labels_lose_invisible_characters(tmp_path):
+    """A 23-digit id is a class as written (it overflowed int64 before); a zero-width space after a .txt label no
+    longer makes a second class (a .csv already dropped it)."""
+    (tmp_path / "ids.txt").write_text("0\n12345678901234567890123\n0\n")
+    assert read_labels(tmp_path / "ids.txt").tolist() == ["0", "12345678901234567890123", "0"]
+    (tmp_path / "int64.txt").write_text(f"{2**63 - 1}\n{-2**63}\n")
+    assert read_labels(tmp_path / "int64.txt").tolist() == [2**63 - 1, -2**63]
+    for suffix in (".txt", ".csv"):
+        (tmp_path / f"zw{suffix}").write_text("3\n3\u200b\n4\n")
+        assert read_labels(tmp_path / f"zw{suffix}").tolist() == [3, 3, 4]
