@@ -45,10 +45,6 @@ class ReportFolderError(KStarError, OSError):
     """The report's output folder cannot be used (foreign files, not writable, a file); the message says why."""
 
 
-class TaskFailedError(KStarError, RuntimeError):
-    """One or more (model, data set) tasks of a run failed; their errors are recorded in the results store."""
-
-
 class KStarWarning(UserWarning):
     """Base of kstar's warnings."""
 

@@ -108,8 +108,9 @@ def sha256_array(array: np.ndarray, length: int = 16) -> str:
 
 # ---------------------------------------------------------------------------------------------------- default folders
 def kstar_home() -> Path:
-    """Root of every cache: ``$KSTAR_HOME``, else ``~/.cache/kstar``."""
-    return Path(os.environ.get("KSTAR_HOME", Path.home() / ".cache" / "kstar"))
+    """Root of every cache: ``$KSTAR_HOME``, else (unset or empty, like the other folder variables)
+    ``~/.cache/kstar``."""
+    return Path(os.environ.get("KSTAR_HOME") or Path.home() / ".cache" / "kstar")
 
 
 def _folder(variable: str, name: str) -> Path:
