@@ -571,7 +571,13 @@ def claim_sentence(claim: str, evidence: Evidence, expected_sign: int = -1, negl
 def _test_significant(evidence: Evidence) -> bool:
     """The permutation p-value is below 1 - confidence."""
     p = evidence.p_value
-    return bool(p is not None and np.isfinite(p) and p < 1 - evidence.confidence)
+    return bool(p is not None and np.isfinite(p) and p < significance_level(evidence.confidence))
+
+
+def significance_level(confidence: float = CONFIDENCE) -> float:
+    """The tests' level, 1 - confidence, as the rule prints it (0.05, not 1 - 0.95 = 0.05000000000000004: an exact
+    permutation p of 36/720 = 0.05 is not below it)."""
+    return round(1 - confidence, 12)
 
 
 def _means_significant(evidence: Evidence) -> bool:

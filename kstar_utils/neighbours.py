@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -733,7 +732,9 @@ def ann_neighbour_graph(
     from pynndescent import NNDescent  # imported lazily: numba compilation is slow
 
     if n_jobs is None:
-        n_jobs = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        from .plumbing import usable_cpus
+
+        n_jobs = usable_cpus()
     with torch_threads_kept():  # pynndescent is parallel numba code too
         index = NNDescent(
             np.ascontiguousarray(features, dtype=np.float32),

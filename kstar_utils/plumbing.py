@@ -268,6 +268,14 @@ def cpu_rounding() -> str:
     return f"{platform.machine()} {torch.backends.cpu.get_cpu_capability()}, {threads} thread{'' if threads == 1 else 's'}"
 
 
+def usable_cpus() -> int:
+    """The cores this process may run on (its CPU affinity, which containers and ``taskset`` narrow), not the host's:
+    on 2 allowed cores of 16, sizing workers by ``os.cpu_count()`` started 8 workers of 2 threads each."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
 def cuda_device_count() -> int:
     """Number of CUDA devices (0 without torch CUDA), for sizing a cluster: one worker per GPU."""
     try:

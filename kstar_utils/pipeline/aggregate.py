@@ -15,7 +15,9 @@ tasks of another profile are still being computed. Written into an output folder
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import math
+import re
 import shutil
 from fractions import Fraction
 from pathlib import Path
@@ -31,11 +33,27 @@ from .tasks import Task, build_grid
 
 # RobustBench evaluates CIFAR on the full 10,000-image test set and ImageNet on its 5,000-image list.
 PUBLISHED_EVAL_SIZE = {"cifar10": 10_000, "cifar100": 10_000, "imagenet": 5_000}
+# open_clip's results table names its columns by its own data-set names (letters and digits); where kstar's registered
+# name differs by more than punctuation, the column is named here
+ZEROSHOT_COLUMNS = {"imagenet": "imagenet1k"}
+
+
+SLUG_MAX_BYTES = 100
 
 
 def slug(text: str) -> str:
-    """A file-name-safe form of a model or data id."""
-    return "".join(c if c.isalnum() or c in "-_.@+" else "_" for c in text)
+    """A file name for a model or data id, one per id on any file system.
+
+    An id of lower-case letters, digits and ``-_.@+`` (at most SLUG_MAX_BYTES bytes, not "." or "..") is its own
+    name. Any other id (with a character replaced, upper case, too long, or empty) keeps a readable form followed by
+    a hash of the whole id: "a/b" and "a_b", or "ViT" and "vit" on a case-insensitive disk, would otherwise write one
+    file for two models."""
+    text = str(text)
+    safe = "".join(c if c.isalnum() or c in "-_.@+" else "_" for c in text)
+    if safe == text == text.lower() and text not in ("", ".", "..") and len(text.encode()) <= SLUG_MAX_BYTES:
+        return text
+    head = safe.encode()[: SLUG_MAX_BYTES - 11].decode(errors="ignore").strip(".") or "id"
+    return f"{head}-{hashlib.sha256(text.encode()).hexdigest()[:10]}"
 
 
 def _now() -> str:
@@ -157,7 +175,7 @@ def _published_zeroshot(model, data) -> float:
 
     zs = openclip_zeroshot()
     hit = zs[(zs["model"] == model.name) & (zs["pretrained"] == model.options.get("pretrained"))]
-    column = data.dataset.replace("-", "")
+    column = ZEROSHOT_COLUMNS.get(data.dataset, re.sub(r"[^a-z0-9]", "", data.dataset.lower()))
     return float(hit[column].iloc[0]) if len(hit) and column in hit.columns else math.nan
 
 

@@ -178,6 +178,8 @@ class RobustBenchSection:
             *others, last = sorted(set(ROBUSTBENCH_DATASETS.values()))
             raise ProfileError(f"robustbench.dataset is {self.dataset!r}; RobustBench's data sets are "
                                f"{', '.join(others)} and {last}.")
+        # kept by its one name: "CIFAR-10" found no published accuracy (RobustBench's table says cifar10)
+        object.__setattr__(self, "dataset", ROBUSTBENCH_DATASETS[self.dataset.lower()])
         _choice("robustbench.split", self.split, SPLITS)
         if self.per_class is not None:
             _at_least("robustbench.per_class", self.per_class, 1)
@@ -212,6 +214,7 @@ class OpenCLIPSection:
         canonical = tuple(_known_dataset(f"openclip.datasets[{i}]", d) for i, d in enumerate(self.datasets))
         _distinct("openclip.datasets", canonical, "cifar10, CIFAR-10 and cifar-10 name one data set, which would be "
                   "computed twice")
+        object.__setattr__(self, "datasets", canonical)  # one name per data set, as the accuracy tables use
         _choice("openclip.split", self.split, SPLITS)
         if self.per_class is not None:
             _at_least("openclip.per_class", self.per_class, 1)

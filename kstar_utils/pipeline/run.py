@@ -21,7 +21,7 @@ from distributed.diagnostics.plugin import WorkerPlugin
 from tqdm import tqdm
 
 from ..errors import KStarInputError
-from ..plumbing import cuda_device_count
+from ..plumbing import cuda_device_count, usable_cpus
 from .tasks import Task, run_task
 
 IN_PROCESS = ("inprocess", "in-process", "none", "sync")
@@ -70,7 +70,7 @@ class TorchThreads(WorkerPlugin):
 def local_cluster_size(n_workers: int | None = None) -> dict:
     """LocalCluster arguments for this machine: one worker per GPU with a ``GPU`` resource, else one worker per core
     (at most 8), each worker's torch on its share of the cores."""
-    cores = os.cpu_count() or 1
+    cores = usable_cpus()
     gpus = cuda_device_count()
     if gpus:
         workers = n_workers or gpus

@@ -347,7 +347,7 @@ def show_model(results: Results, model_id: str) -> None:
     for section in model_sections(results, model_id):
         show_markdown("### {heading}", heading=section["heading"])
         if section.get("text"):
-            show_markdown("{text}", text=section["text"])
+            show_markdown("{body}", body=section["text"])
         if section.get("png"):
             display(HTML(f'<img alt="{escape(section["alt"])}" src="data:image/png;base64,{section["png"]}">'))
         if section.get("table") is not None:

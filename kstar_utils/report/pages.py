@@ -99,7 +99,7 @@ def model_sections(results: Results, model_id: str) -> list[dict]:
                             "gamma_prime_lo", "gamma_prime_hi", "latent_1nn_accuracy") if c in rows.columns]
         table = rows[cols].copy()
         chance = 1.0 / len(res.per_class)  # as the figures mark it
-        table["near chance"] = np.where(near_chance(table["accuracy"], chance), "yes", "")
+        table["near chance"] = np.where(near_chance(table["accuracy"], chance), "yes", "no")
         sections.append({"heading": "On every evaluated data set", "table": table_html(table),
                          "text": f"\"near chance\": accuracy within {CHANCE_MARGIN:g} of chance "
                                  f"({format_number(chance)}), where "

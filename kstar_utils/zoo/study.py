@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from ..errors import ProfileError
 from ..pipeline.profiles import ZooSection
 from ..plumbing import cpu_rounding, default_zoo_dir, sha256_array
 from .data import load_tensors
@@ -60,7 +61,7 @@ def zoo_models(zoo: ZooSection) -> list[ZooModel]:
             if norm not in zoo.eval_eps:
                 continue
             for eps in budgets:
-                config = f"pgd-{norm.lower()}-{eps:g}"
+                config = f"pgd-{norm.lower()}-{_short(eps)}"
                 models.append(ZooModel(f"{config}-s{seed}", config, seed,
                                        ZooModelSpec(name=f"{zoo.dataset}-{config}-s{seed}", training="pgd", norm=norm,
                                                     eps=eps, width=zoo.base_width, epochs=zoo.robust_epochs, **base),
@@ -73,12 +74,23 @@ def zoo_models(zoo: ZooSection) -> list[ZooModel]:
                                    ZooModelSpec(name=f"{zoo.dataset}-{config}-s{seed}", width=width, **base),
                                    "generalisation", ()))
         for fraction in zoo.fractions:
-            config = f"data{int(round(fraction * 100))}pct"
+            config = f"data{_short(fraction * 100)}pct"
             models.append(ZooModel(f"{config}-s{seed}", config, seed,
                                    ZooModelSpec(name=f"{zoo.dataset}-{config}-s{seed}", width=zoo.base_width,
                                                 train_fraction=fraction, **base),
                                    "generalisation", ()))
+    ids = [m.id for m in models]
+    repeated = sorted({i for i in ids if ids.count(i) > 1})
+    if repeated:  # two budgets or fractions equal to 10 significant digits: one id would name two models
+        raise ProfileError(f"the zoo's budgets or fractions name two models {repeated[0]!r}; give values that differ "
+                           "within their first 10 significant digits.")
     return models
+
+
+def _short(value: float) -> str:
+    """A budget or a percentage in a model id: as short as written (0.1, 12.5, 25), exact to 10 significant digits,
+    so that 0.12 and 0.125 (12 and 12.5 percent) do not share an id."""
+    return f"{value:.10g}"
 
 
 def generalisation_models(zoo: ZooSection) -> list[ZooModel]:
