@@ -749,3 +749,11 @@ def test_foreign_minima_of_some_rows_match_the_full_pass():
     np.testing.assert_allclose(part.best[rows].numpy(), full.best[rows].numpy(), rtol=1e-5, atol=1e-5)
     others = np.setdiff1d(np.arange(data.n), rows)
     assert np.isinf(part.best[others].numpy()).all()  # only the asked rows are filled in
+
+
+def test_significance_level_is_the_level_the_rule_prints():
+    """1 - 0.95 is 0.05000000000000004 in floating point; the level is 0.05, so p = 0.05 is not below it."""
+    from kstar_utils.evidence import significance_level
+
+    assert significance_level(0.95) == 0.05 and significance_level() == 0.05
+    assert significance_level(0.9) == 0.1 and significance_level(0.99) == 0.01

@@ -503,3 +503,16 @@ def test_a_kstar_warning_filter_catches_a_real_warning():
         warnings.simplefilter("ignore", KStarWarning)
         check_inputs(x, y)
     assert caught == []
+
+
+def test_usable_cpus_counts_the_cores_this_process_may_run_on(monkeypatch):
+    """Containers and taskset narrow the affinity: that, not the host's core count, sizes workers and threads."""
+    from kstar_utils import plumbing
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 5}, raising=False)
+    assert plumbing.usable_cpus() == 2
+    monkeypatch.delattr(os, "sched_getaffinity")  # macOS and Windows have no affinity call
+    assert plumbing.usable_cpus() == 16
+    monkeypatch.setattr(os, "cpu_count", lambda: None)
+    assert plumbing.usable_cpus() == 1
