@@ -626,6 +626,7 @@ __all__ = [
     "format_p",
     "latent_1nn_accuracy",
     "partial_correlation",
+    "significance_level",
     "verdict",
     "verdict_rule",
     "wilson_interval",

@@ -21,8 +21,8 @@ samples, proposed two ways:
   on random rows shows that ranking keeping the nearest foreign sample near its top; each row then takes the nearest
   in full of its ``PROJECTED_TOP`` first, and the recall checks measure what that misses.
   ``params["candidate_dims"]`` says which space was used (D: the full one). A large problem with no such projection,
-  on a CPU that multiplies bfloat16 natively, ranks in the full space in bfloat16 instead, the same way
-  (``params["candidate_precision"]``: "bfloat16", else "float32").
+  on features at least ``BF16_MIN_DIMS`` wide and a CPU that multiplies bfloat16 natively, ranks in the full space
+  in bfloat16 instead, the same way (``params["candidate_precision"]``: "bfloat16", else "float32").
 Then
 * every candidate distance is computed exactly (float64 direct form), so r_p is never underestimated; a sample with
   no candidate at all gets the exact search;
@@ -62,6 +62,7 @@ from .defaults import (AUTO_ANN_MIN_WORK, AUTO_EXACT_MAX_WORK, AUTO_NARROW_DIMS,
                        DEFAULT_N_NEIGHBORS)
 from .errors import ANNAccuracyWarning, KStarInputError  # noqa: F401  (re-exported for callers)
 from .neighbours import (
+    BF16_MIN_DIMS,
     ann_neighbour_graph,
     bfloat16_ranking_features,
     exact_counts,
@@ -515,12 +516,14 @@ def _ann_kstar(data, n_neighbors: int, seed: int, n_jobs: int | None, block_size
     projected, dims = _candidate_space(data, np.random.default_rng([seed, 1]), audit_rows)  # its own random stream
     lap("candidate_space")
     if require_projection and projected is None:
-        return None, None, {"candidate_dims": int(dims), "ann_phase_seconds": phases, "auto_exact_reason": (
-            f"N^2 x D is at most {AUTO_EXACT_MAX_WORK:.0e}, and no projection onto a few principal axes kept each "
-            "sampled row's nearest foreign sample among its first candidates (features of high intrinsic "
-            "dimension): there ANN is no faster than exact")}
+        reason = (f"N^2 x D is at most {AUTO_EXACT_MAX_WORK:.0e}, and no projection onto a few principal axes kept "
+                  "each sampled row's nearest foreign sample among its first candidates (features of high intrinsic "
+                  "dimension): there ANN is no faster than exact")
+        return None, None, {"candidate_dims": int(dims), "candidate_precision": None, "ann_phase_seconds": phases,
+                            "auto_exact_reason": reason}
     precision = "float32"
-    if projected is None and float(data.n) ** 2 * dims >= PROJECTION_MIN_WORK and native_bfloat16(data.device):
+    if (projected is None and dims >= BF16_MIN_DIMS and float(data.n) ** 2 * dims >= PROJECTION_MIN_WORK
+            and native_bfloat16(data.device)):
         projected, precision = bfloat16_ranking_features(data), "bfloat16"
     exact_audit = 1 + exact_counts(data, audit_rows, block_size=block_size)[0]
     lap("exact_audit")

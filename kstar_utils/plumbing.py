@@ -269,8 +269,9 @@ def cpu_rounding() -> str:
 
 
 def usable_cpus() -> int:
-    """The cores this process may run on (its CPU affinity, which containers and ``taskset`` narrow), not the host's:
-    on 2 allowed cores of 16, sizing workers by ``os.cpu_count()`` started 8 workers of 2 threads each."""
+    """The cores this process may run on (its CPU affinity, which ``taskset`` and cgroup cpusets such as
+    ``docker --cpuset-cpus`` narrow; a CPU *quota* such as ``--cpus`` does not show here), not the host's: on 2
+    allowed cores of 16, sizing workers by ``os.cpu_count()`` started 8 workers of 2 threads each."""
     if hasattr(os, "sched_getaffinity"):
         return max(1, len(os.sched_getaffinity(0)))
     return os.cpu_count() or 1

@@ -97,8 +97,11 @@ HOSTILE = ["a/b", "../../etc/passwd", "a\\b", "C:\\x", "a\x00b", "name with spac
 
 def test_slug_leaves_ids_of_the_pipeline_as_they_are():
     """Zoo ids and the kstar file's separators are already safe: the report's file names stay readable."""
-    for safe in ("standard-s0", "pgd-linf-0.1-s0", "data25pct-s2", "width8-s1", "a@b+c_d.e"):
+    for safe in ("standard-s0", "pgd-linf-0.1-s0", "data25pct-s2", "width8-s1", "a+c_d.e"):
         assert slug(safe) == safe
+    # "@" joins a model's and a data set's names in kstar/: ("a@b", "c") and ("a", "b@c") must not meet
+    assert f"{slug('a@b')}@{slug('c')}" != f"{slug('a')}@{slug('b@c')}"
+    assert slug("a_b-" + slug("a/b").rsplit("-", 1)[1]) != slug("a/b")  # an id shaped like a hashed name
     assert slug("café-ß") == "café-ß"  # lower-case letters of any script are safe too
     # anything replaced or upper case keeps a readable head and gets a hash of the whole id
     assert re.fullmatch(r"Carmon2019Unlabeled_Linf-[0-9a-f]{10}", slug("Carmon2019Unlabeled/Linf"))
@@ -757,3 +760,22 @@ def test_significance_level_is_the_level_the_rule_prints():
 
     assert significance_level(0.95) == 0.05 and significance_level() == 0.05
     assert significance_level(0.9) == 0.1 and significance_level(0.99) == 0.01
+
+
+def test_aggregation_removes_only_the_result_files_its_previous_summary_listed(tmp_path):
+    """Rerun into the same folder, an aggregation deletes the k* files the previous one wrote and this one does not
+    (renamed, or a model left out), and nothing else: not a file it never listed, not a path out of kstar/."""
+    from kstar_utils.pipeline.aggregate import _remove_previous_results
+
+    (tmp_path / "kstar").mkdir()
+    for name in ("old@x.json", "kept@x.json", "foreign.json"):
+        (tmp_path / "kstar" / name).write_text("{}")
+    (tmp_path / "outside.json").write_text("{}")
+    listed = ["kstar/old@x.json", "kstar/kept@x.json", "kstar/../outside.json", "../outside.json", "kstar/"]
+    (tmp_path / "summary.json").write_text(json.dumps({"models": [{"results": [{"file": f} for f in listed]}]}))
+    _remove_previous_results(tmp_path, keep={"kept@x.json"})
+    assert sorted(p.name for p in (tmp_path / "kstar").iterdir()) == ["foreign.json", "kept@x.json"]
+    assert (tmp_path / "outside.json").exists()
+    (tmp_path / "summary.json").write_text("not json")  # a damaged summary: nothing is removed
+    _remove_previous_results(tmp_path, keep=set())
+    assert len(list((tmp_path / "kstar").iterdir())) == 2

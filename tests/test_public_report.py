@@ -589,7 +589,7 @@ def test_model_sections_hold_the_distribution_table_data_sets_and_gallery(result
         "On every evaluated data set", "What splits a concept"]
     sets = str(general[2]["table"])
     assert "near chance</th>" in sets and ">digits/test+noise<" in sets and ">0.700<" in sets
-    assert "accuracy within 0.1 of chance (0.33)" in general[2]["text"]
+    assert "accuracy within 0.1 of chance (0.33: one over the set's classes)" in general[2]["text"]
     assert "not on this machine" in general[3]["text"] and "png" not in general[3]
 
 
@@ -599,6 +599,38 @@ def test_near_chance_no_is_not_shown_as_not_measured(results):
 
     sets = str(model_sections(results, GENERAL_ID)[2]["table"])
     assert "<td>–</td>" not in sets and "not measured" not in sets
+
+
+def test_near_chance_takes_each_evaluated_sets_own_chance(results_dir, monkeypatch):
+    """An encoder evaluated on a 3-class and a 10-class set: each row is judged against 1 / its own classes (0.15 is
+    near chance for 10 classes, 0.5 is not for 3), an unmeasured accuracy shows the missing mark, and the text names
+    both levels."""
+    from types import SimpleNamespace
+
+    from kstar_utils.report.pages import model_sections
+
+    results = Results(results_dir)
+    table = results.table("generalisation")
+    rows = table["model"] == GENERAL_ID
+    table.loc[rows, "accuracy"] = [0.5, 0.15, np.nan]  # clean (3 classes), noise (10 classes), blur (not measured)
+    monkeypatch.setattr(results, "table", lambda name: table if name == "generalisation" else Results.table(results,
+                                                                                                              name))
+    real = Results.kstar
+    classes = {"digits/test+noise": 10}
+
+    def kstar(self, model_id, data_id=None):
+        if data_id in classes:
+            return SimpleNamespace(per_class=pd.DataFrame({"label": range(classes[data_id])}))
+        if data_id == "digits/test+blur":
+            raise KeyError("no result")  # the page then uses the model's first set's chance
+        return real(self, model_id, data_id if data_id != "digits/test" else None)
+
+    monkeypatch.setattr(Results, "kstar", kstar)
+    section = model_sections(results, GENERAL_ID)[2]
+    cells = re.findall(r"<td class=\"text\">(yes|no|–)</td>", str(section["table"]))
+    assert cells == ["no", "yes", "–"]
+    assert "(0.33, 0.10: one over the set&#39;s classes)" in section["text"] or \
+        "(0.33, 0.10: one over the set's classes)" in section["text"]
 
 
 def test_render_model_page_writes_an_escaped_page_with_its_numbers_and_sources(results_dir, results, tmp_path):

@@ -173,7 +173,7 @@ def test_gallery_renders_for_a_zoo_model(report):
     assert "<h2>k* distribution of every concept (digits/test)</h2>" in page  # what the figures show, named
     general = (report.parent / "model--width8-s0.html").read_text()
     assert re.search(r"mean over the \d shifted sets: accuracy [0-9.]+, Gamma&#39; -?[0-9.]+", general)
-    assert "near chance</th>" in general and "accuracy within 0.1 of chance (0.10)" in general
+    assert "near chance</th>" in general and "accuracy within 0.1 of chance (0.10: one over the set&#39;s classes)" in general
     assert "ties share a rank and are listed by clean accuracy" in (report.parent / "03_robustness.html").read_text()
 
 

@@ -7,8 +7,8 @@ tasks of another profile are still being computed. Written into an output folder
     generalisation.csv      one row per (model, data set): accuracy with its interval, Gamma, Gamma'
     summary_table.csv       Table 1: one row per model
     failed.csv              tasks that failed, with their error
-    kstar/<model>@<data>.json   each k* result (lossless KStarResult JSON), for the per-model pages
-    features/<model>/       Figure 2's features
+    kstar/<slug(model)>@<slug(data)>.json   each k* result (lossless KStarResult JSON), for the per-model pages
+    features/<slug(model)>/ Figure 2's features (summary.json lists every file: readers look them up there)
     summary.json            claims with their evidence and verdicts, parameters, the design, counts
 """
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import json
 import math
 import re
 import shutil
@@ -39,18 +40,21 @@ ZEROSHOT_COLUMNS = {"imagenet": "imagenet1k"}
 
 
 SLUG_MAX_BYTES = 100
+_HASHED = re.compile(r"-[0-9a-f]{10}$")  # how a hashed name ends: an id ending so is hashed too, never mistaken
 
 
 def slug(text: str) -> str:
     """A file name for a model or data id, one per id on any file system.
 
-    An id of lower-case letters, digits and ``-_.@+`` (at most SLUG_MAX_BYTES bytes, not "." or "..") is its own
-    name. Any other id (with a character replaced, upper case, too long, or empty) keeps a readable form followed by
-    a hash of the whole id: "a/b" and "a_b", or "ViT" and "vit" on a case-insensitive disk, would otherwise write one
-    file for two models."""
+    An id of lower-case letters, digits and ``-_.+`` (at most SLUG_MAX_BYTES bytes, not "." or "..", not ending as
+    a hashed name does) is its own name. Any other id (with a character replaced, upper case, too long, or empty)
+    keeps a readable form followed by a hash of the whole id: "a/b" and "a_b", or "ViT" and "vit" on a
+    case-insensitive disk, would otherwise write one file for two models. "@" is replaced too: it joins the model's
+    and the data set's names in ``kstar/``."""
     text = str(text)
-    safe = "".join(c if c.isalnum() or c in "-_.@+" else "_" for c in text)
-    if safe == text == text.lower() and text not in ("", ".", "..") and len(text.encode()) <= SLUG_MAX_BYTES:
+    safe = "".join(c if c.isalnum() or c in "-_.+" else "_" for c in text)
+    if (safe == text == text.lower() and text not in ("", ".", "..") and len(text.encode()) <= SLUG_MAX_BYTES
+            and not _HASHED.search(text)):
         return text
     head = safe.encode()[: SLUG_MAX_BYTES - 11].decode(errors="ignore").strip(".") or "id"
     return f"{head}-{hashlib.sha256(text.encode()).hexdigest()[:10]}"
@@ -220,6 +224,22 @@ def by_config_then_seed(table: pd.DataFrame, info: pd.DataFrame) -> pd.DataFrame
     return table.iloc[order].reset_index(drop=True)
 
 
+def _remove_previous_results(out: Path, keep: set[str]) -> None:
+    """Delete the k* result files an earlier aggregation into ``out`` wrote and this one does not (a model left out
+    of the profile, a file named otherwise): only the files listed in its summary.json, only inside ``kstar/``."""
+    try:
+        previous = json.loads((out / "summary.json").read_text())
+    except (OSError, ValueError):
+        return
+    for model in previous.get("models", []) if isinstance(previous, dict) else []:
+        for entry in model.get("results", []) if isinstance(model, dict) else []:
+            file = str(entry.get("file", "")) if isinstance(entry, dict) else ""
+            name = file.removeprefix("kstar/")
+            safe = name == Path(name).name and name not in ("", ".", "..")  # one file inside kstar/, no path
+            if file.startswith("kstar/") and safe and name not in keep:
+                (out / "kstar" / name).unlink(missing_ok=True)
+
+
 def aggregate(profile: Profile, store_root: str | Path, out_dir: str | Path) -> Path:
     """Write the tables, the k* results and the summary of ``profile`` from its store into ``out_dir``."""
     from .claims import claims_summary
@@ -233,6 +253,8 @@ def aggregate(profile: Profile, store_root: str | Path, out_dir: str | Path) -> 
                        ("table", "summary_table.csv"), ("failed", "failed.csv")):
         atomic_write_text(out / file, parts[name].to_csv(index=False))
     kstar_files = {}
+    written = {f"{slug(m)}@{slug(d)}.json" for m, d in parts["kstar"]}
+    _remove_previous_results(out, keep=written)
     for (model_id, data_id), record in parts["kstar"].items():
         name = f"{slug(model_id)}@{slug(data_id)}.json"
         kstar_files.setdefault(model_id, []).append({"data": data_id, "file": f"kstar/{name}"})

@@ -87,7 +87,7 @@ def _qualifier(verdict: str, partials: list[tuple[str, dict, str, dict]]) -> str
         by_scope.setdefault(scope, []).append(control)
     where = "; ".join(f"controlling for {' or '.join(controls)}" + (f" under {scope}" if scope else "")
                       for scope, controls in by_scope.items())
-    surviving = [row for _, _, row in held if row["p_holm"] < 1 - ev.CONFIDENCE]
+    surviving = [row for _, _, row in held if row["p_holm"] < ev.significance_level()]
     holm = ("and stays below the level after Holm's adjustment" if len(surviving) == len(held) else
             "but not after Holm's adjustment over the claim's tests: exploratory" if not surviving else
             f"and {len(surviving)} of these {len(held)} tests stay below the level after Holm's adjustment")
@@ -319,7 +319,7 @@ def multiple_tests_caveat(rows: list[dict]) -> str:
     """How many tests the report makes, that each verdict uses its own p unadjusted, and, per claim, which decided
     tests stay below the verdict rule's level after Holm's adjustment within the claim (``rows`` carry ``p_holm``,
     see :func:`add_holm`)."""
-    alpha = 1 - ev.CONFIDENCE
+    alpha = ev.significance_level()
     claims = list(dict.fromkeys(r["claim"] for r in rows))
     decided = [r for r in rows if r["verdict"] in (ev.REPRODUCED, ev.NOT_REPRODUCED)]
     counts = ", ".join(f"{sum(r['claim'] == c for r in rows)} for {c}" for c in claims)

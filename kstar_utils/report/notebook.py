@@ -51,7 +51,9 @@ class Results:
         entries = self.model(model_id)["results"]
         if not entries:
             raise KeyError(f"model {model_id!r} has no k* result (its task failed; see failed.csv).")
-        entry = entries[0] if data_id is None else next(e for e in entries if e["data"] == data_id)
+        entry = entries[0] if data_id is None else next((e for e in entries if e["data"] == data_id), None)
+        if entry is None:
+            raise KeyError(f"model {model_id!r} has no k* result on {data_id!r}.")
         return json.loads((self.folder / entry["file"]).read_text())
 
     def kstar(self, model_id: str, data_id: str | None = None) -> KStarResult:

@@ -98,11 +98,14 @@ def model_sections(results: Results, model_id: str) -> list[dict]:
         cols = [c for c in ("data", "accuracy", "accuracy_lo", "accuracy_hi", "gamma", "gamma_prime",
                             "gamma_prime_lo", "gamma_prime_hi", "latent_1nn_accuracy") if c in rows.columns]
         table = rows[cols].copy()
-        chance = 1.0 / len(res.per_class)  # as the figures mark it
-        table["near chance"] = np.where(near_chance(table["accuracy"], chance), "yes", "no")
+        # each set's own chance (1 / its classes): an encoder may be evaluated on CIFAR-10 and CIFAR-100 alike
+        chance = np.array([_chance(results, model_id, d, 1.0 / len(res.per_class)) for d in table["data"]])
+        near = near_chance(table["accuracy"], chance)
+        table["near chance"] = np.where(table["accuracy"].isna(), MISSING, np.where(near, "yes", "no"))
+        levels = ", ".join(format_number(c) for c in dict.fromkeys(chance))
         sections.append({"heading": "On every evaluated data set", "table": table_html(table),
                          "text": f"\"near chance\": accuracy within {CHANCE_MARGIN:g} of chance "
-                                 f"({format_number(chance)}), where "
+                                 f"({levels}: one over the set's classes), where "
                                  "Gamma' describes a model that has not learned the task (marked in the figures "
                                  "too)."})
     partners = results.gallery_partners(model_id)
@@ -135,8 +138,16 @@ def _images_or_none(results: Results, model_id: str):
         return None
 
 
+def _chance(results: Results, model_id: str, data_id: str, default: float) -> float:
+    """Chance accuracy on one evaluated set, 1 / its classes (``default`` where its k* result is missing)."""
+    try:
+        return 1.0 / len(results.kstar(model_id, data_id).per_class)
+    except KeyError:
+        return default
+
+
 def render_model_page(results_dir: str | os.PathLike, model_id: str, out_dir: str | os.PathLike) -> str:
-    """Write ``model--<id>.html`` into ``out_dir``; returns its file name."""
+    """Write the model's page (``model_page_name(model_id)``) into ``out_dir``; returns its file name."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
