@@ -310,6 +310,24 @@ def test_notebook_page_wraps_an_executed_notebook_in_the_page_shell(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------------ execute.py
+def test_the_model_notebook_runs_on_a_published_results_folder(results_dir, tmp_path):
+    """model.ipynb, as a user runs it in JupyterLab or papermill on a report's results: every section of the model's
+    page is shown and no cell fails (show_model raised TypeError for every model until a test called it)."""
+    from pathlib import Path as _Path
+
+    import kstar_utils
+    from kstar_utils.report.execute import execute_notebook
+
+    notebook = _Path(kstar_utils.__file__).parent / "notebooks" / "model.ipynb"
+    output = execute_notebook(notebook, tmp_path / "model.ipynb", {"results_dir": str(results_dir), "profile": "tiny",
+                                                                    "model": GENERAL_ID})
+    cells = nbformat.read(str(output), as_version=4).cells
+    assert not [o for c in cells if c.cell_type == "code" for o in c.get("outputs", []) if o["output_type"] == "error"]
+    shown = "".join(str(o.get("data", {}).get("text/markdown", "")) for o in cells[-1].outputs)
+    assert "## W8 a\\_b" in shown or "## W8 a_b" in shown  # the label as the heading (Markdown-escaped)
+    assert "### Per-class statistics" in shown and "### On every evaluated data set" in shown
+
+
 def test_execute_notebook_injects_the_parameters_and_writes_the_executed_copy(tmp_path, monkeypatch):
     """papermill runs the notebook in its own folder with the given parameters and the inline backend; the executed
     copy lands at ``output`` (its folder made) and nothing else is left beside it."""
