@@ -779,3 +779,27 @@ def test_aggregation_removes_only_the_result_files_its_previous_summary_listed(t
     (tmp_path / "summary.json").write_text("not json")  # a damaged summary: nothing is removed
     _remove_previous_results(tmp_path, keep=set())
     assert len(list((tmp_path / "kstar").iterdir())) == 2
+
+
+def test_aggregation_removes_the_feature_folders_its_previous_summary_listed(tmp_path):
+    """Figure 2's feature folders: one the previous summary listed and this run does not copy goes; the one it copies
+    again, a folder it never listed and anything named by a path stay."""
+    from kstar_utils.pipeline.aggregate import _remove_previous_results
+
+    for name in ("old-model", "kept", "foreign"):
+        (tmp_path / "features" / name).mkdir(parents=True)
+        (tmp_path / "features" / name / "features.npy").write_bytes(b"x")
+    (tmp_path / "elsewhere").mkdir()
+    listed = {"a": "features/old-model", "b": "features/kept", "c": "features/../elsewhere", "d": "elsewhere"}
+    (tmp_path / "summary.json").write_text(json.dumps({"models": [], "features": listed}))
+    _remove_previous_results(tmp_path, keep=set(), keep_features={"kept"})
+    assert sorted(p.name for p in (tmp_path / "features").iterdir()) == ["foreign", "kept"]
+    assert (tmp_path / "elsewhere").is_dir()
+
+
+def test_listed_name_takes_one_name_below_its_folder_and_nothing_else():
+    from kstar_utils.pipeline.aggregate import listed_name
+
+    assert listed_name("features/vit-b-32", "features/") == "vit-b-32"
+    for bad in ("features/../x", "features/a/b", "features/", "features/..", "kstar/a.json", None, 3, "/features/a"):
+        assert listed_name(bad, "features/") is None

@@ -8,7 +8,7 @@ tasks of another profile are still being computed. Written into an output folder
     summary_table.csv       Table 1: one row per model
     failed.csv              tasks that failed, with their error
     kstar/<slug(model)>@<slug(data)>.json   each k* result (lossless KStarResult JSON), for the per-model pages
-    features/<slug(model)>/ Figure 2's features (summary.json lists every file: readers look them up there)
+    features/<slug(model)>/ Figure 2's features (summary.json lists every file and folder: readers look them up there)
     summary.json            claims with their evidence and verdicts, parameters, the design, counts
 """
 
@@ -224,20 +224,33 @@ def by_config_then_seed(table: pd.DataFrame, info: pd.DataFrame) -> pd.DataFrame
     return table.iloc[order].reset_index(drop=True)
 
 
-def _remove_previous_results(out: Path, keep: set[str]) -> None:
-    """Delete the k* result files an earlier aggregation into ``out`` wrote and this one does not (a model left out
-    of the profile, a file named otherwise): only the files listed in its summary.json, only inside ``kstar/``."""
+def _remove_previous_results(out: Path, keep: set[str], keep_features: set[str] = frozenset()) -> None:
+    """Delete the k* result files and Figure 2 feature folders an earlier aggregation into ``out`` wrote and this one
+    does not (a model left out of the profile, a name made otherwise): only what its summary.json lists, only inside
+    ``kstar/`` and ``features/``."""
     try:
         previous = json.loads((out / "summary.json").read_text())
     except (OSError, ValueError):
         return
-    for model in previous.get("models", []) if isinstance(previous, dict) else []:
+    if not isinstance(previous, dict):
+        return
+    for model in previous.get("models", []):
         for entry in model.get("results", []) if isinstance(model, dict) else []:
-            file = str(entry.get("file", "")) if isinstance(entry, dict) else ""
-            name = file.removeprefix("kstar/")
-            safe = name == Path(name).name and name not in ("", ".", "..")  # one file inside kstar/, no path
-            if file.startswith("kstar/") and safe and name not in keep:
+            name = listed_name(entry.get("file") if isinstance(entry, dict) else None, "kstar/")
+            if name and name not in keep:
                 (out / "kstar" / name).unlink(missing_ok=True)
+    features = previous.get("features", {})
+    for folder in features.values() if isinstance(features, dict) else []:
+        name = listed_name(folder, "features/")
+        if name and name not in keep_features and (out / "features" / name).is_dir():
+            shutil.rmtree(out / "features" / name)
+
+
+def listed_name(path: Any, folder: str) -> str | None:
+    """The one name below ``folder`` that a summary lists as ``folder + name``; None for anything else (a path)."""
+    name = str(path or "").removeprefix(folder)
+    listed = str(path or "").startswith(folder) and name == Path(name).name and name not in ("", ".", "..")
+    return name if listed else None
 
 
 def aggregate(profile: Profile, store_root: str | Path, out_dir: str | Path) -> Path:
@@ -252,9 +265,10 @@ def aggregate(profile: Profile, store_root: str | Path, out_dir: str | Path) -> 
     for name, file in (("robustness", "robustness.csv"), ("generalisation", "generalisation.csv"),
                        ("table", "summary_table.csv"), ("failed", "failed.csv")):
         atomic_write_text(out / file, parts[name].to_csv(index=False))
-    kstar_files = {}
+    kstar_files, feature_folders = {}, {}
     written = {f"{slug(m)}@{slug(d)}.json" for m, d in parts["kstar"]}
-    _remove_previous_results(out, keep=written)
+    copied = {slug(m) for (m, _), r in parts["kstar"].items() if r["result"].get("features")}
+    _remove_previous_results(out, keep=written, keep_features=copied)
     for (model_id, data_id), record in parts["kstar"].items():
         name = f"{slug(model_id)}@{slug(data_id)}.json"
         kstar_files.setdefault(model_id, []).append({"data": data_id, "file": f"kstar/{name}"})
@@ -266,6 +280,7 @@ def aggregate(profile: Profile, store_root: str | Path, out_dir: str | Path) -> 
             target = out / "features" / slug(model_id)
             shutil.rmtree(target, ignore_errors=True)
             shutil.copytree(store.features_dir(record["result"]["features"]), target)
+            feature_folders[model_id] = f"features/{target.name}"
     models = {t.model.id: t.model for t in tasks}
     claims = claims_summary(profile, parts["robustness"], parts["generalisation"])
     atomic_write_text(out / "evidence.csv", pd.DataFrame(claims.pop("evidence_table")).to_csv(index=False))
@@ -273,7 +288,7 @@ def aggregate(profile: Profile, store_root: str | Path, out_dir: str | Path) -> 
     summary = {
         "profile": profile.name, "title": profile.title, "description": profile.description,
         "profile_digest": profile.digest(), "origin": profile.origin, "created": _now(),
-        "threshold": 0.5, "compare": [m for m in profile.compare if m in kstar_files],
+        "threshold": 0.5, "compare": [m for m in profile.compare if m in kstar_files], "features": feature_folders,
         "models": [{"id": m.id, "label": m.label, "family": m.family, "source": m.source, "info": m.info,
                     "results": kstar_files.get(m.id, [])} for m in models.values()],
         "failed": parts["failed"].to_dict(orient="records"),

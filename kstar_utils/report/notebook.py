@@ -63,9 +63,10 @@ class Results:
     def features(self, model_id: str):
         """The features kept for Figure 2."""
         from ..extract import ExtractedFeatures
-        from ..pipeline.aggregate import slug
+        from ..pipeline.aggregate import listed_name, slug
 
-        return ExtractedFeatures.load(self.folder / "features" / slug(model_id))
+        listed = listed_name(self.summary.get("features", {}).get(model_id), "features/")  # older summaries: none
+        return ExtractedFeatures.load(self.folder / "features" / (listed or slug(model_id)))
 
     def gallery_partners(self, model_id: str, data_id: str | None = None) -> dict[int, int]:
         """Sample -> its nearest foreign neighbour, for the smallest-k* samples of each class (found by the task)."""
