@@ -547,6 +547,13 @@ def test_chance_accuracy_is_one_over_the_number_of_classes(results, tmp_path):
     assert math.isnan(chance_accuracy(_bare(tmp_path / "r", models=[{"id": "x", "label": "x", "results": []}])))
 
 
+def test_results_chance_is_one_over_the_classes_of_that_evaluated_set(results):
+    assert results.chance(GENERAL_ID) == pytest.approx(1 / 3)
+    assert results.chance(ROBUST_ID, "digits/test") == pytest.approx(1 / 3)
+    with pytest.raises(KeyError, match="no k\\* result on 'cifar10/test'"):
+        results.chance(ROBUST_ID, "cifar10/test")
+
+
 # -------------------------------------------------------------------------------------------------------- pages.py
 def test_model_page_name_is_a_safe_file_name_for_any_model_id():
     """A model id with slashes, markup or quotes becomes a file name in the report folder, never a path out of it."""

@@ -266,11 +266,11 @@ def aggregate(profile: Profile, store_root: str | Path, out_dir: str | Path) -> 
                        ("table", "summary_table.csv"), ("failed", "failed.csv")):
         atomic_write_text(out / file, parts[name].to_csv(index=False))
     kstar_files, feature_folders = {}, {}
-    written = {f"{slug(m)}@{slug(d)}.json" for m, d in parts["kstar"]}
+    names = {(m, d): f"{slug(m)}@{slug(d)}.json" for m, d in parts["kstar"]}
     copied = {slug(m) for (m, _), r in parts["kstar"].items() if r["result"].get("features")}
-    _remove_previous_results(out, keep=written, keep_features=copied)
+    _remove_previous_results(out, keep=set(names.values()), keep_features=copied)
     for (model_id, data_id), record in parts["kstar"].items():
-        name = f"{slug(model_id)}@{slug(data_id)}.json"
+        name = names[model_id, data_id]
         kstar_files.setdefault(model_id, []).append({"data": data_id, "file": f"kstar/{name}"})
         write_json(out / "kstar" / name, {"model": record["model"], "data": record["data"],
                                           "indices": record["result"].get("indices"),

@@ -60,6 +60,10 @@ class Results:
         """The k* result of ``model_id`` on ``data_id`` (default: its first, clean, evaluated set)."""
         return KStarResult.from_dict(self._record(model_id, data_id)["kstar"])
 
+    def chance(self, model_id: str, data_id: str | None = None) -> float:
+        """Chance accuracy on an evaluated set, 1 / its classes (KeyError where the model has no result there)."""
+        return 1.0 / len(self.kstar(model_id, data_id).per_class)
+
     def features(self, model_id: str):
         """The features kept for Figure 2."""
         from ..extract import ExtractedFeatures
@@ -371,7 +375,7 @@ def chance_accuracy(results: Results) -> float:
     """1 / number of classes: a model near it has not learned the task, and its Gamma' is marked as such."""
     for m in results.summary["models"]:
         if m["results"]:
-            return 1.0 / len(results.kstar(m["id"]).per_class)
+            return results.chance(m["id"])
     return float("nan")
 
 

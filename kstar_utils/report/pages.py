@@ -16,7 +16,6 @@ import pandas as pd
 
 from ..evidence import format_number
 from ..pipeline.claims import shifted_set_means
-from ..plots import CHANCE_MARGIN, near_chance
 from .notebook import Results, model_links, table_one
 from .render import MISSING, alt_text, format_value, png, table_html, write_page
 
@@ -100,11 +99,11 @@ def model_sections(results: Results, model_id: str) -> list[dict]:
         table = rows[cols].copy()
         # each set's own chance (1 / its classes): an encoder may be evaluated on CIFAR-10 and CIFAR-100 alike
         chance = np.array([_chance(results, model_id, d, 1.0 / len(res.per_class)) for d in table["data"]])
-        near = near_chance(table["accuracy"], chance)
+        near = plots.near_chance(table["accuracy"], chance)
         table["near chance"] = np.where(table["accuracy"].isna(), MISSING, np.where(near, "yes", "no"))
         levels = ", ".join(format_number(c) for c in dict.fromkeys(chance))
         sections.append({"heading": "On every evaluated data set", "table": table_html(table),
-                         "text": f"\"near chance\": accuracy within {CHANCE_MARGIN:g} of chance "
+                         "text": f"\"near chance\": accuracy within {plots.CHANCE_MARGIN:g} of chance "
                                  f"({levels}: one over the set's classes), where "
                                  "Gamma' describes a model that has not learned the task (marked in the figures "
                                  "too)."})
@@ -141,7 +140,7 @@ def _images_or_none(results: Results, model_id: str):
 def _chance(results: Results, model_id: str, data_id: str, default: float) -> float:
     """Chance accuracy on one evaluated set, 1 / its classes (``default`` where its k* result is missing)."""
     try:
-        return 1.0 / len(results.kstar(model_id, data_id).per_class)
+        return results.chance(model_id, data_id)
     except KeyError:
         return default
 
