@@ -7,18 +7,21 @@ Run: ``.venv/bin/python benchmarks/bench_kstar.py [--quick] [--parts 1,2,3,4,5] 
 2. exact k* against the authors' algorithm at N = 10,000, D = 512: the numpy form of their notebook (scipy ``cdist``,
    full ``argsort`` of every row, first differing label) and the same algorithm in torch (``torch.cdist``,
    ``argsort``, first differing label), each in its own process (speed-up and peak memory).
-3. ANN (pynndescent graph + sampled rows' nearest foreign samples shared by k-means cells, exact verification) against
-   the exact path at N = 200,000, D = 128, 10 classes:
+3. ANN (exact verification of candidates from the pynndescent graph and sampled rows' nearest foreign samples shared
+   by k-means cells, or, on wide features with no projection where the CPU has int8 products, from the int8 scan)
+   against the exact path at N = 200,000, D = 128, 10 classes:
    (a) Gaussian classes in a 16-d subspace of 128-d plus small noise; (b) isotropic 128-d Gaussian classes, the worst
    case for any neighbour graph. Goal: >= 99% identical (audit and all samples) and >= 2x faster. Each ANN line is
    followed by its phases (``params["ann_phase_seconds"]``) and the *ceiling*: exact time over the phases no
-   candidate search can save (graph, final verification, both audits), the most this design could gain there.
+   candidate search can save (graph where one is built, final verification, both audits), the most this design could
+   gain there.
 4. The same on real learned features: the penultimate layer (64-d) of a small zoo CNN trained here (seeded, 2 epochs,
    width 8; cached under $KSTAR_HOME/bench) on Fashion-MNIST, features of all 70,000 images. Each method best of
    ``--repeat`` (3) runs here (parts 3 take one run each: a minute or more per run). Every ANN line also gives the CPU
    seconds of all threads in the same runs, which other jobs on a shared machine disturb less than wall time.
 5. Crossover of ANN and exact on data (a) at smaller N, for ``method="auto"``'s thresholds; then ``auto`` itself at
-   N = 150,000 on data (a) (it should take ANN) and (b) (exact, after the candidate-space check), against exact.
+   N = 150,000 on data (a) (it should take ANN) and (b) (ANN with the int8 scan where the CPU has int8 products,
+   else exact after the candidate-space check), against exact.
 6. Part 1 again in a fresh process with one thread, timed in CPU seconds (``time.process_time``): on a machine
    shared with other jobs, wall-clock ratios mostly measure the neighbours' load; CPU time of one thread does not.
 
@@ -215,13 +218,40 @@ def compare_ann(x: np.ndarray, y: np.ndarray, label: str, repeat: int = 1) -> di
         "rows_given_sampled_candidates": a.params.get("rows_given_sampled_candidates", 0),
         "sampled_candidate_pairs": a.params.get("sampled_candidate_pairs", 0),
         "gamma_approx_exact": e.gamma_approx, "gamma_approx_ann": a.gamma_approx,
+        "candidate_source": a.params.get("candidate_source", "?"),
+        "candidate_precision": a.params.get("candidate_precision", "?"),
         "ann_phase_seconds": a.params["ann_phase_seconds"],
-        # what no candidate search can save: the graph, the final verification and the two audits
-        "ceiling": exact / sum(a.params["ann_phase_seconds"][k]
+        # what no candidate search can save: the graph (where one is built), the final verification and the audits
+        "ceiling": exact / sum(a.params["ann_phase_seconds"].get(k, 0.0)
                                for k in ("exact_audit", "graph", "ann_audit", "verification")),
         "goal_met": bool(identical >= GOALS["ann_identical"] and a.audit["fraction_identical"] >= GOALS["ann_identical"]
                          and speedup >= GOALS["ann_speedup"]),
+        "_exact_kstar": e.kstar,  # for other_source; removed before the figures are saved
     }
+
+
+def other_source(x: np.ndarray, y: np.ndarray, r: dict, repeat: int = 1) -> dict:
+    """The same ANN run with the other candidate source than the one ``auto`` chose (``candidates="graph"`` where it
+    took the int8 scan, ``"int8-scan"`` where it took the graph), against the exact time of ``r``: what the choice
+    costs or gains on this data."""
+    import torch
+
+    from kstar_utils import compute_kstar
+    from kstar_utils.neighbours import native_int8
+
+    if not native_int8(torch.device("cpu")):
+        r.pop("_exact_kstar", None)
+        return {}
+    source = "graph" if r["candidate_source"] == "int8 scan" else "int8-scan"
+    results, cpu = {}, []
+    seconds = best_of(lambda: results.__setitem__("ann", compute_kstar(x, y, method="ann", seed=0, candidates=source)),
+                      repeat, cpu)
+    out = {"candidates": source, "ann_s": seconds, "speedup": r["exact_s"] / seconds,
+           "identical_all": float(np.mean(results["ann"].kstar == r.pop("_exact_kstar"))),
+           "audit": results["ann"].audit["fraction_identical"]}
+    print(f"[{r['tag']}]   with candidates='{source}' instead: {seconds:.1f} s = {out['speedup']:.2f}x faster than "
+          f"exact (best of {repeat}), {out['identical_all']:.2%} identical (audit {out['audit']:.2%})", flush=True)
+    return out
 
 
 def warm_ann() -> float:
@@ -230,7 +260,19 @@ def warm_ann() -> float:
     x, y = gaussian_classes(20_000, 32, 10, 5, latent=8)
     start = time.perf_counter()
     compute_kstar(x, y, method="ann", audit_size=10)  # numba compilation / cache load
+    x, y = gaussian_classes(5_000, 64, 5, 1, latent=None)
+    compute_kstar(x, y, method="ann", audit_size=10)  # the int8 scan's kernels, where the CPU takes that path
     return time.perf_counter() - start
+
+
+def candidates(r: dict) -> str:
+    """How the ANN run found its candidates, in words."""
+    if r["candidate_source"] == "int8 scan":
+        return ("candidates from the int8 scan (every foreign pair scored once in int8 codes, each sample's two nearest "
+                "taken in float64)")
+    return (f"pynndescent graph and {r['sampled_rows']:,} rows sampled ({r['sampled_candidates']:,} candidates, "
+            f"{r['classes_at_sample_cap']} classes at the cap, {r['sampled_candidate_pairs']:.3g} pairs in the dense "
+            f"product over them, ranked in {r['candidate_dims']} of {r['dim']} axes in {r['candidate_precision']})")
 
 
 def print_ann(tag: str, r: dict) -> None:
@@ -238,14 +280,12 @@ def print_ann(tag: str, r: dict) -> None:
     print(f"[{tag}] ANN vs exact, {r['data']}, N={r['n']:,}, D={r['dim']}: {r['ann_s']:.1f} s vs {r['exact_s']:.1f} s = "
           f"{r['speedup']:.2f}x faster (wall, best of {r['repeat']} each; goal >= 2x; CPU seconds of all threads in "
           f"those runs: {r['cpu_ann_s']:.1f} vs {r['cpu_exact_s']:.1f} = {r['cpu_speedup']:.2f}x); audit {r['audit']['fraction_identical']:.2%} identical, all "
-          f"samples {r['identical_all']:.2%} (goal >= 99%); {r['sampled_rows']:,} rows sampled ({r['sampled_candidates']:,} "
-          f"candidates, {r['classes_at_sample_cap']} classes at the cap, {r['sampled_candidate_pairs']:.3g} pairs in the "
-          f"dense product over them, ranked in {r['candidate_dims']} of {r['dim']} axes), "
+          f"samples {r['identical_all']:.2%} (goal >= 99%); {candidates(r)}, "
           f"{r['exact_search_samples']:,} searched exactly; "
           f"Gamma' exact {r['gamma_approx_exact']:.3f} vs ANN {r['gamma_approx_ann']:.3f} -> {met(r['goal_met'])}",
           flush=True)
     phases = ", ".join(f"{k.replace('_', ' ')} {v:.1f} s" for k, v in r["ann_phase_seconds"].items())
-    print(f"[{r['tag']}]   ANN phases: {phases}. The graph, the verification and the audits alone take "
+    print(f"[{r['tag']}]   ANN phases: {phases}. The graph (where built), the verification and the audits alone take "
           f"{100 / r['ceiling']:.0f}% of exact's time: with candidates found for free this design would be at most "
           f"{r['ceiling']:.2f}x faster than exact", flush=True)
 
@@ -348,25 +388,31 @@ def main() -> None:
                                    ("b", None, "10 isotropic 128-d Gaussian classes")):
             x, y = gaussian_classes(200_000 // scale, 128, 10, 1, latent=latent)
             r = compare_ann(x, y, label)
-            figures[f"ann_{key}"] = r
             print_ann(f"3{key}", r)
+            r["other_source"] = other_source(x, y, r)
+            r.pop("_exact_kstar", None)
+            figures[f"ann_{key}"] = r
             save()
     if 4 in parts:
         x, y, meta = fashion_features(scale)
         r = compare_ann(x, y, f"Fashion-MNIST penultimate features of a zoo CNN (test accuracy "
                               f"{meta['test_accuracy']:.1%}, trained {meta['train_s']:.0f} s)", repeat=args.repeat)
         r["model"] = meta
-        figures["ann_fashion"] = r
         print_ann("4", r)
+        r["other_source"] = other_source(x, y, r, repeat=args.repeat)
+        r.pop("_exact_kstar", None)
+        figures["ann_fashion"] = r
         save()
     if 5 in parts:
         rows = []
         for n in (25_000 // scale, 50_000 // scale, 100_000 // scale, 150_000 // scale):
             x, y = gaussian_classes(n, 128, 10, 1, latent=16)
             r = compare_ann(x, y, "data (a)")
-            rows.append({k: r[k] for k in ("n", "dim", "ann_s", "exact_s", "speedup", "identical_all")})
-            print(f"[5] crossover, data (a), N={n:,}: ANN {r['ann_s']:.1f} s, exact {r['exact_s']:.1f} s, "
-                  f"speed-up {r['speedup']:.2f}x, {r['identical_all']:.2%} identical", flush=True)
+            r.pop("_exact_kstar")
+            rows.append({k: r[k] for k in ("n", "dim", "ann_s", "exact_s", "speedup", "identical_all",
+                                           "candidate_source")})
+            print(f"[5] crossover, data (a), N={n:,}: ANN {r['ann_s']:.1f} s ({r['candidate_source']}), exact "
+                  f"{r['exact_s']:.1f} s, speed-up {r['speedup']:.2f}x, {r['identical_all']:.2%} identical", flush=True)
         figures["crossover"] = rows
         from kstar_utils import compute_kstar
 
@@ -380,10 +426,12 @@ def main() -> None:
             auto_s = time.perf_counter() - start
             row = {"data": key, "n": len(x), "auto_method": auto.method, "auto_s": auto_s, "exact_s": exact_s,
                    "candidate_dims": auto.params.get("candidate_dims"),
+                   "candidate_source": auto.params.get("candidate_source"),
                    "identical_all": float(np.mean(auto.kstar == exact.kstar))}
             figures["auto"].append(row)
             why = ("by size alone" if row["candidate_dims"] is None else
-                   f"after the candidate-space check: {row['candidate_dims']} of 128 axes")
+                   f"after the candidate-space check: {row['candidate_dims']} of 128 axes"
+                   + (f", candidates from the {row['candidate_source']}" if row["candidate_source"] else ""))
             print(f"[5] method='auto' on data ({key}), N={row['n']:,}: chose {auto.method} ({why}), "
                   f"{auto_s:.1f} s against exact's {exact_s:.1f} s = "
                   f"{exact_s / auto_s:.2f}x, {row['identical_all']:.2%} identical", flush=True)

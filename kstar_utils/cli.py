@@ -46,12 +46,16 @@ def _add_compute(sub: argparse._SubParsersAction) -> None:
                    help=f"exact search, pynndescent + exact verification (its numba code compiles on a process's "
                         f"first use in every process, about a minute), or auto (exact while N^2*D <= "
                         f"{AUTO_ANN_MIN_WORK:.0e}; up to {AUTO_EXACT_MAX_WORK:.0e} ANN only for features of low "
-                        f"intrinsic dimension)")
+                        f"intrinsic dimension, or where the int8 scan runs)")
     p.add_argument("--threshold", type=float, default=0.5, help="pattern threshold t: Fractured > t, Clustered < -t")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
     p.add_argument("--block-size", type=int, default=None, help="query rows per block (memory ~ block x N x 4 bytes)")
     p.add_argument("--n-neighbors", type=int, default=DEFAULT_N_NEIGHBORS, help="ANN graph neighbours per sample")
     p.add_argument("--audit-size", type=int, default=DEFAULT_AUDIT_SIZE, help="ANN: samples re-checked exactly")
+    p.add_argument("--candidates", choices=["auto", "graph", "int8-scan"], default="auto",
+                   help="ANN candidates: auto (the pynndescent graph and sampled rows; the int8 scan of every foreign "
+                        "pair for features >= 64 wide with no projection in use, on a CPU with VNNI or AMX), graph, "
+                        "or int8-scan (CPU only)")
     p.add_argument("--seed", type=int, default=0, help="ANN graph, audit and bootstrap seed")
     p.add_argument("--bootstrap", type=int, default=0,
                    help="bootstrap replicates for 95%% intervals of Gamma and Gamma' (samples resampled within each "
@@ -94,6 +98,7 @@ def _run_compute(args: argparse.Namespace) -> int:
         features, labels, metric=args.metric, method=args.method, threshold=args.threshold, device=args.device,
         block_size=args.block_size, n_neighbors=args.n_neighbors, audit_size=args.audit_size, seed=args.seed,
         n_jobs=args.threads, progress=not args.quiet, bootstrap=args.bootstrap, bootstrap_seed=args.seed,
+        candidates=args.candidates,
     )
     seconds = time.perf_counter() - start
     inputs = {"features": str(args.features), "labels": str(labels_path), "shape": list(features.shape),
@@ -107,6 +112,8 @@ def _run_compute(args: argparse.Namespace) -> int:
         f"{counts['Fractured']} fractured, {counts['Overlapped']} overlapped, {counts['Clustered']} clustered. "
         f"Wrote {paths['summary']} and {paths['samples']}."
     )
+    if result.method == "ann" and "candidate_source" in result.params:
+        print(f"ANN candidates: {result.params['candidate_source']}.")
     if result.audit and result.audit["size"]:
         print(f"ANN audit: {result.audit['fraction_identical']:.4%} of {result.audit['size']} samples identical to "
               f"exact (largest difference {result.audit['max_abs_difference']}).")

@@ -3,15 +3,19 @@ without importing torch, scipy and numba (``kstar --help`` took about 7 s when i
 uses them from here."""
 
 # How method="auto" chooses, by the work N^2 * D (benchmarks/bench_kstar.py parts 3 and 5; README, Performance).
-# ANN / exact speed-up on data (a) (Gaussian classes in a 16-d subspace of 128-d) since the projected candidate search,
-# one run each on 2026-11-30: 0.60x at N = 25,000, 0.64x at 50,000 (both below the projection's size), 1.09x at
-# 100,000, 1.51x at 150,000 and 1.82x at 200,000 (best of 2): the crossover is near N^2 * D = 1.2e12. On isotropic
-# classes (data (b)) ANN is slower at every size measured (0.75x to 0.86x at N = 200,000) and fails its audit.
-# So between AUTO_ANN_MIN_WORK and AUTO_EXACT_MAX_WORK "auto" runs ANN only on features of low intrinsic dimension:
-# narrow ones (AUTO_NARROW_DIMS), or those where the candidate-space check finds a few principal axes that rank each
-# sample's nearest foreign sample near the top (as in (a) and in learned features); otherwise it computes exact k*
-# (the check costs about 1 s at N = 200,000, and nothing at all when no few axes hold 90% of the variance). 2e12
-# (N = 125,000 at D = 128) stands above the crossover, where (a) gains about 1.3x; below it exact wins or ties.
+# With the graph and sampled rows, ANN / exact on data (a) (Gaussian classes in a 16-d subspace of 128-d), one run each
+# on 2026-11-30: 0.60x at N = 25,000, 0.64x at 50,000, 1.09x at 100,000, 1.51x at 150,000 and 1.82x at 200,000: the
+# crossover is near N^2 * D = 1.2e12, and on isotropic classes (data (b)) that path is slower or fails its audit.
+# With the int8 scan (2026-12-01, a CPU with AVX512-VNNI; the scan runs where no projection is in use): 1.73x at
+# N = 25,000 and 2.17x at 50,000 on (a), 2.43x on (b) at 150,000 and 2.72x at 200,000, so there ANN wins from below
+# N = 25,000. AUTO_ANN_MIN_WORK stays at 2e12 (N = 125,000 at D = 128) all the same: below it exact k* takes about
+# 13 s or less here, and "auto" keeps the exact answer where it is that cheap rather than trade it for a 99.9% one to
+# save a few seconds; machines without int8 products keep the graph's crossover too.
+# Between AUTO_ANN_MIN_WORK and AUTO_EXACT_MAX_WORK "auto" runs ANN only where it was measured faster than exact:
+# narrow features (AUTO_NARROW_DIMS), features where the candidate-space check finds a few principal axes that rank each
+# sample's nearest foreign sample near the top (as in (a) and in learned features), and any features where the int8
+# scan runs; otherwise it computes exact k* (the check costs about 1 s at N = 200,000, and nothing at all when no few
+# axes hold 90% of the variance).
 # Above AUTO_EXACT_MAX_WORK (N = 400,000 at D = 128) ANN runs on any features, its audit gate falling back to exact
 # where it fails.
 AUTO_ANN_MIN_WORK = 2.0e12

@@ -1,4 +1,5 @@
-"""Fused reductions over one float32 tile of squared distances: threshold counts and row minima.
+"""Fused reductions over one tile of squared distances: threshold counts, row minima and top-m of float32 tiles, and
+the two nearest per sample over int32 tiles of the ANN path's int8 scan.
 
 Why this module: after each matrix product the exact kernel and the ANN path reduce the tile. In torch each reduction
 is its own pass that writes a mask or an index tensor, and on CPU those passes cost more than the product itself:
@@ -7,8 +8,8 @@ product's 1.9 ms, and ``min(dim=1)`` with indices 1.2 ms against ``amin``'s 0.1 
 once, in cache, and take about 0.2 ms for the four counts. On other devices (CUDA) the torch forms run: there they
 are cheap next to the product.
 
-Every function takes a 2-D float32 tile and returns torch tensors on the tile's device, equal to the torch forms
-(``_torch_*``), which the tests compare them with. NaN never reaches a tile (inputs are checked finite); ``inf`` does
+Every float32 function takes a 2-D float32 tile and returns torch tensors on the tile's device, equal to the torch
+forms (``_torch_*``), which the tests compare them with; ``TwoNearestInt8`` (CPU only) is compared with a brute force. NaN never reaches a tile (inputs are checked finite); ``inf`` does
 (excluded pairs) and compares as IEEE says: no fast-math flags are used.
 """
 
@@ -132,6 +133,72 @@ def _push_smallest(g, offset, heap_values, heap_indices):  # pragma: no cover - 
                 values[pos] = v
                 indices[pos] = col
             root = values[0]
+
+
+@njit(parallel=True, cache=True, boundscheck=False)
+def _two_smallest_rows(p, other, values, indices, offset):  # pragma: no cover - compiled
+    # entry (i, j) scores other[j] - 2 p[i, j]; each row keeps its two smallest scores, the earlier column on a tie.
+    # The row's minimum over the tile is taken first (a loop that vectorises); only a row whose minimum beats its
+    # second place is walked, in chunks of 64 counted against that place first
+    m, n = p.shape
+    for i in prange(m):
+        row = p[i]
+        v1, c1, v2, c2 = values[i, 0], indices[i, 0], values[i, 1], indices[i, 1]
+        best = np.int32(2**31 - 1)
+        for j in range(n):
+            best = min(best, other[j] - row[j] - row[j])
+        if best >= v2:
+            continue
+        for j0 in range(0, n, 64):
+            j1 = min(n, j0 + 64)
+            hits = np.int32(0)
+            for j in range(j0, j1):
+                hits += np.int32(1) if other[j] - row[j] - row[j] < v2 else np.int32(0)
+            if hits == 0:
+                continue
+            for j in range(j0, j1):
+                v = other[j] - row[j] - row[j]
+                if v < v2:
+                    if v < v1:
+                        v2, c2, v1, c1 = v1, c1, v, offset + j
+                    else:
+                        v2, c2 = v, offset + j
+        values[i, 0], indices[i, 0], values[i, 1], indices[i, 1] = v1, c1, v2, c2
+
+
+@njit(parallel=True, cache=True, boundscheck=False)
+def _two_smallest_columns(p, other, values, indices, offset, chunks):  # pragma: no cover - compiled
+    # entry (i, j) scores other[i] - 2 p[i, j]; each column keeps its two smallest scores, the earlier row on a tie.
+    # Each chunk of columns in its own thread, walking the rows in order: a row is counted against the columns'
+    # second places first (a loop that vectorises) and walked only where one of them is beaten
+    m, n = p.shape
+    step = (n + chunks - 1) // chunks
+    for t in prange(chunks):
+        j0 = min(n, t * step)
+        j1 = min(n, j0 + step)
+        v1 = values[j0:j1, 0].copy()
+        c1 = indices[j0:j1, 0].copy()
+        v2 = values[j0:j1, 1].copy()
+        c2 = indices[j0:j1, 1].copy()
+        for i in range(m):
+            row = p[i, j0:j1]
+            h = other[i]
+            hits = np.int32(0)
+            for j in range(j1 - j0):
+                hits += np.int32(1) if h - row[j] - row[j] < v2[j] else np.int32(0)
+            if hits == 0:
+                continue
+            for j in range(j1 - j0):
+                v = h - row[j] - row[j]
+                if v < v2[j]:
+                    if v < v1[j]:
+                        v2[j], c2[j], v1[j], c1[j] = v1[j], c1[j], v, offset + i
+                    else:
+                        v2[j], c2[j] = v, offset + i
+        values[j0:j1, 0] = v1
+        indices[j0:j1, 0] = c1
+        values[j0:j1, 1] = v2
+        indices[j0:j1, 1] = c2
 
 
 def direct_distances(exact: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
@@ -260,3 +327,43 @@ class RowSmallest:
         order = values.argsort(dim=1, stable=True)
         values, indices = values.gather(1, order), indices.gather(1, order)
         return values, torch.where(indices == self._EMPTY, -1, indices)
+
+
+class TwoNearestInt8:
+    """Each sample's two nearest other samples by quantised distance, over int32 tiles of integer products pushed one
+    after another: the ANN path's int8 scan (see :func:`kstar_utils.neighbours.int8_two_nearest_foreign`).
+
+    ``sq_norms[k]`` is |q_k|^2 of sample k's integer code; a tile ``p`` holds q_i . q_j for a block of rows i and a
+    block of columns j, and |q_i|^2 + |q_j|^2 - 2 p_ij is then the *exact* squared distance of the two codes (integers,
+    no rounding). One tile updates its rows (against its columns) and its columns (against its rows), so a scan that
+    pushes each unordered pair once serves both of its samples. Ties keep the earlier pushed index. CPU only (numba,
+    int32 arithmetic: the scores stay below 2^31 for codes of at most ``MAX_DIMS`` entries of magnitude <= 127)."""
+
+    MAX_DIMS = 32768  # 3 x MAX_DIMS x 127^2 < 2^31: no score can overflow int32
+
+    def __init__(self, sq_norms: np.ndarray) -> None:
+        self.sq_norms = np.ascontiguousarray(sq_norms, dtype=np.int32)
+        n = self.sq_norms.shape[0]
+        self.values = np.full((n, 2), np.iinfo(np.int32).max, dtype=np.int32)
+        self.indices = np.full((n, 2), -1, dtype=np.int64)
+
+    def push(self, p: torch.Tensor, row0: int, col0: int) -> None:
+        """Take the int32 tile ``p`` whose entry (0, 0) is the product of sample ``row0`` with sample ``col0``."""
+        if p.dtype != torch.int32 or p.dim() != 2 or p.device.type != "cpu":
+            raise TypeError(f"TwoNearestInt8.push takes a 2-D int32 CPU tile, not {p.dtype} on {p.device}")
+        m, n = p.shape
+        if m == 0 or n == 0:
+            return
+        if row0 < col0 + n and col0 < row0 + m:
+            raise ValueError(f"TwoNearestInt8.push: rows [{row0}, {row0 + m}) and columns [{col0}, {col0 + n}) overlap; "
+                             "push disjoint blocks (each unordered pair once, never a sample with itself)")
+        tile = _numpy(p)
+        rows, cols = slice(row0, row0 + m), slice(col0, col0 + n)
+        _run(_two_smallest_rows, tile, self.sq_norms[cols], self.values[rows], self.indices[rows], int(col0))
+        _run(_two_smallest_columns, tile, self.sq_norms[rows], self.values[cols], self.indices[cols], int(row0),
+             max(1, 8 * torch.get_num_threads()))
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """(squared code distances as int64, indices), each sample's two nearest in ascending order; a sample given
+        fewer than two has -1 as index (and int32's maximum plus its norm as distance) in the places not filled."""
+        return self.values.astype(np.int64) + self.sq_norms[:, None], self.indices.copy()

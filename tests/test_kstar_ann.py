@@ -157,8 +157,8 @@ def test_auto_picks_exact_for_small_and_ann_for_large_problems():
 def test_auto_in_the_middle_sizes_runs_ann_only_for_features_of_low_intrinsic_dimension(monkeypatch, tmp_path,
                                                                                          capsys):
     """Between AUTO_ANN_MIN_WORK and AUTO_EXACT_MAX_WORK, isotropic features go to exact before any ANN work (no graph,
-    no audit: the reason is recorded, and `kstar compute` prints it); narrow ones (16 axes) get ANN as they are, and
-    low-rank ones get ANN with its candidates searched in a projection."""
+    no audit: the reason is recorded, and `kstar compute` prints it) where the int8 scan is not native; narrow ones
+    (16 axes) get ANN as they are, and low-rank ones get ANN with its candidates searched in a projection."""
     import kstar_utils.kstar as kstar_module
     from kstar_utils.cli import main
     from kstar_utils.synthetic import gaussian_classes
@@ -166,6 +166,7 @@ def test_auto_in_the_middle_sizes_runs_ann_only_for_features_of_low_intrinsic_di
     middle_sizes = (("AUTO_ANN_MIN_WORK", 0.0), ("AUTO_EXACT_MAX_WORK", 1e15), ("PROJECTION_MIN_WORK", 0.0))
     for name, value in middle_sizes:
         monkeypatch.setattr(kstar_module, name, value)
+    monkeypatch.setattr(kstar_module, "native_int8", lambda device: False)
     monkeypatch.setattr(kstar_module, "ann_neighbour_graph", lambda *a, **k: pytest.fail("no graph for exact"))
     iso_x, iso_y = gaussian_classes(3000, 64, 5, separation=0.35, seed=1)
     auto = compute_kstar(iso_x, iso_y, method="auto", n_jobs=1, audit_size=200)
@@ -197,6 +198,7 @@ def test_auto_falls_back_to_exact_when_the_audit_fails(monkeypatch):
     from kstar_utils.synthetic import gaussian_classes
 
     x, y = gaussian_classes(1500, 64, 5, separation=0.3, seed=4)
+    monkeypatch.setattr(kstar_module, "native_int8", lambda device: False)  # the graph's path, not the int8 scan
     monkeypatch.setattr(kstar_module, "AUTO_EXACT_MAX_WORK", 0.0)
     monkeypatch.setattr(kstar_module, "SAMPLE_BATCH", 0)  # the graph alone: no sampled candidates
     monkeypatch.setattr(kstar_module, "SAMPLE_MAX_FRACTION", 0.0)
@@ -327,6 +329,7 @@ def test_cli_reports_the_audit_of_a_fallback_that_stopped_early(tmp_path, monkey
     x, y = gaussian_classes(1500, 64, 5, separation=0.3, seed=4)
     np.save(tmp_path / "x.npy", x)
     np.save(tmp_path / "y.npy", y)
+    monkeypatch.setattr(kstar_module, "native_int8", lambda device: False)  # the graph's path, not the int8 scan
     monkeypatch.setattr(kstar_module, "AUTO_EXACT_MAX_WORK", 0.0)
     monkeypatch.setattr(kstar_module, "SAMPLE_BATCH", 0)
     monkeypatch.setattr(kstar_module, "SAMPLE_MAX_FRACTION", 0.0)
@@ -394,12 +397,14 @@ def test_a_large_problem_without_a_projection_ranks_in_bfloat16_where_the_cpu_mu
 
     x, y = gaussian_classes(3000, 64, 5, separation=0.35, seed=1)
     exact = compute_kstar(x, y, method="exact")
+    monkeypatch.setattr(kstar_module, "native_int8", lambda device: False)
     plain = compute_kstar(x, y, method="ann", n_neighbors=10, n_jobs=1, audit_size=300)
     assert plain.params["candidate_precision"] == "float32"  # a small problem
     ranked = []
     real = kstar_module.bfloat16_ranking_features
     monkeypatch.setattr(kstar_module, "bfloat16_ranking_features", lambda data: ranked.append(1) or real(data))
     monkeypatch.setattr(kstar_module, "native_bfloat16", lambda device: native)
+    monkeypatch.setattr(kstar_module, "native_int8", lambda device: False)  # bfloat16 is the fallback of the int8 scan
     monkeypatch.setattr(kstar_module, "PROJECTION_MIN_WORK", 0.0)
     ann = compute_kstar(x, y, method="ann", n_neighbors=10, n_jobs=1, audit_size=300)
     assert ann.params["candidate_dims"] == 64 and len(ranked) == int(native)

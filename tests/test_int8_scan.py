@@ -1,0 +1,214 @@
+"""The ANN path's int8 scan: the two-nearest reduction over int32 tiles, the int8 codes, the scan over every foreign
+pair, and the ANN path that uses it (wide features, no projection, a CPU with native int8 products).
+
+torch._int_mm runs on every CPU (emulated where VNNI is missing, only slower), so these tests exercise the scan on any
+machine; where the real path depends on the CPU, ``native_int8`` is patched."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from kstar_utils import compute_kstar
+from kstar_utils.neighbours import int8_codes, int8_two_nearest_foreign, native_int8, sort_by_class
+from kstar_utils.synthetic import gaussian_classes
+from kstar_utils.tile_kernels import TwoNearestInt8
+
+
+def _brute_two_nearest(codes: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's two nearest rows of another class by integer squared distance, the smaller index on a tie."""
+    q = codes.astype(np.int64)
+    d = (q * q).sum(1)[:, None] + (q * q).sum(1)[None, :] - 2 * q @ q.T
+    d[labels[:, None] == labels[None, :]] = np.iinfo(np.int64).max
+    order = np.lexsort((np.broadcast_to(np.arange(len(q)), d.shape), d), axis=1)[:, :2]
+    return np.take_along_axis(d, order, axis=1), order
+
+
+def _scan_tiles(codes: np.ndarray, starts: list[int], ends: list[int], rows: int, cols: int) -> TwoNearestInt8:
+    q = torch.from_numpy(codes.astype(np.int8))
+    best = TwoNearestInt8((codes.astype(np.int64) ** 2).sum(1))
+    for s, e in zip(starts, ends):
+        for lo in range(s, e, rows):
+            hi = min(lo + rows, e)
+            for clo in range(e, len(codes), cols):
+                chi = min(clo + cols, len(codes))
+                best.push(torch._int_mm(q[lo:hi], q[clo:chi].T), lo, clo)
+    return best
+
+
+@pytest.mark.parametrize("rows, cols", [(7, 5), (64, 256), (1000, 1000)])
+def test_two_nearest_over_tiles_equals_a_brute_force_for_rows_and_columns_alike(rows, cols):
+    """Every foreign pair pushed once, in tiles of any shape: each sample, as a row of some tiles and a column of
+    others, ends with its two nearest foreign samples by code distance, with their exact integer distances."""
+    rng = np.random.default_rng(3)
+    labels = np.sort(rng.integers(0, 4, 300))
+    codes = rng.integers(-127, 128, size=(300, 24))
+    starts = [int(np.searchsorted(labels, c)) for c in range(4)]
+    ends = starts[1:] + [300]
+    values, indices = _scan_tiles(codes, starts, ends, rows, cols).result()
+    want_values, want_indices = _brute_two_nearest(codes, labels)
+    np.testing.assert_array_equal(values, want_values)
+    np.testing.assert_array_equal(indices, want_indices)
+
+
+def test_two_nearest_keeps_the_earlier_index_on_ties_and_marks_places_not_filled():
+    """Equal code distances keep the sample pushed first (rows: the earlier column; columns: the earlier row); a sample
+    that met one other has -1 in its second place."""
+    codes = np.array([[0, 0], [3, 4], [-3, -4], [4, 3], [0, 5]])  # 1..4 all at squared distance 25 from 0
+    best = TwoNearestInt8((codes ** 2).sum(1))
+    q = torch.from_numpy(codes.astype(np.int8))
+    best.push(torch._int_mm(q[:1], q[1:].T), 0, 1)  # row 0 against columns 1..4
+    values, indices = best.result()
+    assert indices[0].tolist() == [1, 2] and values[0].tolist() == [25, 25]
+    for k in range(1, 5):
+        assert indices[k].tolist() == [0, -1] and values[k, 0] == 25
+    best.push(torch._int_mm(q[1:2], q[3:5].T), 1, 3)  # sample 1 meets 3 (squared distance 2) and 4 (10)
+    values, indices = best.result()
+    assert indices[1].tolist() == [3, 4] and values[1].tolist() == [2, 10]
+    assert indices[3].tolist() == [1, 0] and indices[4].tolist() == [1, 0]
+
+
+def test_two_nearest_refuses_overlapping_blocks_and_other_tiles():
+    best = TwoNearestInt8(np.zeros(10, dtype=np.int64))
+    with pytest.raises(ValueError, match="overlap"):
+        best.push(torch.zeros((4, 4), dtype=torch.int32), 0, 2)
+    with pytest.raises(TypeError, match="int32"):
+        best.push(torch.zeros((2, 2), dtype=torch.float32), 0, 5)
+    best.push(torch.zeros((0, 3), dtype=torch.int32), 0, 5)  # an empty tile changes nothing
+    assert (best.result()[1] == -1).all()
+
+
+def test_int8_codes_scale_clip_and_exact_squared_norms():
+    """The scale puts the 99.99% quantile of |centred value| at 127; values beyond are clipped to +-127; the squared
+    norms are the codes' own, exactly; features that are all equal get the scale 1 and zero codes."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2000, 64))
+    x[5, 7] = 1e3  # one outlier: clipped, it does not set the scale
+    data = sort_by_class(x, np.repeat([0, 1], 1000), torch.device("cpu"))
+    codes, sq_norms, scale = int8_codes(data)
+    assert codes.dtype == torch.int8 and codes.shape == (2000, 64)
+    assert 3.0 / 127 < scale < 5.0 / 127  # the quantile of a standard normal's |value|, not the outlier
+    assert int(codes.abs().max()) == 127 and int(codes[5, 7]) == 127
+    np.testing.assert_array_equal(sq_norms, (codes.numpy().astype(np.int64) ** 2).sum(1))
+    centred = data.left[:, :64]
+    inside = centred.abs() < 127 * scale
+    assert float((centred[inside] - scale * codes[inside].float()).abs().max()) <= scale / 2 * (1 + 1e-5)
+    flat = sort_by_class(np.ones((10, 64)), np.repeat([0, 1], 5), torch.device("cpu"))
+    codes, sq_norms, scale = int8_codes(flat)
+    assert scale == 1.0 and not codes.any() and not sq_norms.any()
+
+
+def test_the_scan_finds_each_rows_two_nearest_foreign_codes():
+    """int8_two_nearest_foreign over the class-sorted layout equals a brute force over the same codes."""
+    x, y = gaussian_classes(900, 64, 3, separation=0.5, seed=2)
+    data = sort_by_class(x, y, torch.device("cpu"))
+    codes = int8_codes(data)[0].numpy()
+    nearest = int8_two_nearest_foreign(data)
+    want_values, want = _brute_two_nearest(codes, data.codes)
+    assert (data.codes[nearest] != data.codes[:, None]).all()
+    # the same distances (the indices may differ only where two candidates tie at the same distance)
+    np.testing.assert_array_equal(((codes[:, None, :].astype(np.int64) - codes[nearest]) ** 2).sum(2), want_values)
+    assert np.mean(nearest == want) > 0.99
+
+
+def test_native_int8_needs_a_cpu_with_vnni_or_amx(monkeypatch):
+    monkeypatch.setattr(torch.cpu, "_is_vnni_supported", lambda: True, raising=False)
+    assert native_int8(torch.device("cpu"))
+    assert not native_int8(torch.device("meta"))
+    monkeypatch.setattr(torch.cpu, "_is_vnni_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert not native_int8(torch.device("cpu"))
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert native_int8(torch.device("cpu"))
+    monkeypatch.delattr(torch, "_int_mm")
+    assert not native_int8(torch.device("cpu"))
+
+
+@pytest.mark.slow
+def test_wide_isotropic_features_take_the_int8_scan_instead_of_the_graph(monkeypatch):
+    """Features of 64 dimensions or more with no projection in use, where int8 products are native: the candidates are
+    the scan's, no graph is built, k* is never below exact and almost always equal, and the result says so."""
+    import kstar_utils.kstar as kstar_module
+
+    x, y = gaussian_classes(3000, 64, 5, separation=0.35, seed=1)
+    exact = compute_kstar(x, y, method="exact")
+    monkeypatch.setattr(kstar_module, "native_int8", lambda device: True)
+    monkeypatch.setattr(kstar_module, "ann_neighbour_graph", lambda *a, **k: pytest.fail("the scan builds no graph"))
+    ann = compute_kstar(x, y, method="ann", n_jobs=1, audit_size=300)
+    assert ann.method == "ann" and ann.params["candidate_source"] == "int8 scan"
+    assert ann.params["candidate_precision"] == "int8" and ann.params["candidate_dims"] == 64
+    assert list(ann.params["ann_phase_seconds"]) == ["candidate_space", "exact_audit", "int8_scan", "exact_search",
+                                                     "ann_audit", "verification"]
+    assert np.all(ann.kstar >= exact.kstar)
+    assert np.mean(ann.kstar == exact.kstar) >= 0.99 and ann.audit["fraction_identical"] >= 0.99
+    again = compute_kstar(x, y, method="ann", n_jobs=1, audit_size=300)
+    np.testing.assert_array_equal(again.kstar, ann.kstar)  # deterministic
+
+
+@pytest.mark.slow
+def test_auto_in_the_middle_sizes_takes_the_scan_for_isotropic_features_where_int8_is_native(monkeypatch):
+    """Where the projection check finds nothing, auto no longer hands isotropic features to exact when the scan can
+    run: it takes ANN with the scan, audited as ever."""
+    import kstar_utils.kstar as kstar_module
+
+    for name, value in (("AUTO_ANN_MIN_WORK", 0.0), ("AUTO_EXACT_MAX_WORK", 1e15), ("PROJECTION_MIN_WORK", 0.0)):
+        monkeypatch.setattr(kstar_module, name, value)
+    monkeypatch.setattr(kstar_module, "native_int8", lambda device: True)
+    x, y = gaussian_classes(3000, 64, 5, separation=0.35, seed=1)
+    auto = compute_kstar(x, y, method="auto", n_jobs=1, audit_size=200)
+    assert auto.method == "ann" and auto.params["candidate_source"] == "int8 scan"
+    assert "auto_exact_reason" not in auto.params and auto.audit["fraction_identical"] >= 0.99
+
+
+@pytest.mark.slow
+def test_narrow_features_keep_the_graph(monkeypatch):
+    """Below 64 features the scan is not used, whatever the CPU: the graph and sampled rows find the candidates."""
+    import kstar_utils.kstar as kstar_module
+
+    monkeypatch.setattr(kstar_module, "native_int8", lambda device: True)
+    x, y = gaussian_classes(600, 16, 3, separation=1.0, seed=0)
+    ann = compute_kstar(x, y, method="ann", n_neighbors=5, n_jobs=1, audit_size=50)
+    assert ann.params["candidate_source"] == "pynndescent graph and sampled rows"
+    assert ann.params["candidate_precision"] == "float32"
+
+
+@pytest.mark.slow
+def test_candidates_option_forces_either_source_and_is_checked(monkeypatch, tmp_path, capsys):
+    """candidates="graph" keeps the graph where the scan would run; "int8-scan" scans where the graph would run
+    (narrow features, any CPU), and skips the projection check; a bad value, or the scan off the CPU, is refused;
+    `kstar compute --candidates` passes it on and names the source."""
+    import kstar_utils.kstar as kstar_module
+    from kstar_utils.cli import main
+    from kstar_utils.errors import KStarInputError
+
+    monkeypatch.setattr(kstar_module, "native_int8", lambda device: True)
+    wide_x, wide_y = gaussian_classes(1500, 64, 3, separation=0.5, seed=3)
+    graph = compute_kstar(wide_x, wide_y, method="ann", candidates="graph", n_neighbors=5, n_jobs=1, audit_size=50)
+    assert graph.params["candidate_source"] == "pynndescent graph and sampled rows"
+    assert graph.params["candidates"] == "graph"
+    monkeypatch.setattr(kstar_module, "native_int8", lambda device: False)
+    monkeypatch.setattr(kstar_module, "_candidate_space", lambda *a: pytest.fail("no projection check for the scan"))
+    narrow_x, narrow_y = gaussian_classes(1500, 8, 3, separation=0.5, seed=3)
+    scanned = compute_kstar(narrow_x, narrow_y, method="ann", candidates="int8-scan", audit_size=50)
+    assert scanned.params["candidate_source"] == "int8 scan" and scanned.params["candidate_dims"] == 8
+    exact = compute_kstar(narrow_x, narrow_y, method="exact")
+    assert np.all(scanned.kstar >= exact.kstar) and np.mean(scanned.kstar == exact.kstar) >= 0.97
+    with pytest.raises(KStarInputError, match="unknown candidates .hnsw.; use one of auto, graph, int8-scan"):
+        compute_kstar(narrow_x, narrow_y, method="ann", candidates="hnsw")
+    cpu, cuda = SimpleNamespace(device=torch.device("cpu")), SimpleNamespace(device=torch.device("cuda"))
+    with pytest.raises(KStarInputError, match="runs on the CPU"):
+        kstar_module.use_int8_scan(cuda, "int8-scan", None, 8)
+    with pytest.raises(KStarInputError, match="at most 32768 features"):
+        kstar_module.use_int8_scan(cpu, "int8-scan", None, 40_000)
+    monkeypatch.setattr(kstar_module, "native_int8", lambda device: True)
+    assert kstar_module.use_int8_scan(cpu, "auto", None, 64) and not kstar_module.use_int8_scan(cpu, "auto", None, 63)
+    assert not kstar_module.use_int8_scan(cpu, "auto", object(), 128)  # a projection in use: the graph's case
+    assert not kstar_module.use_int8_scan(cpu, "graph", None, 128)
+    np.save(tmp_path / "x.npy", narrow_x)
+    np.save(tmp_path / "y.npy", narrow_y)
+    assert main(["compute", str(tmp_path / "x.npy"), str(tmp_path / "y.npy"), "--out", str(tmp_path / "out"),
+                 "--method", "ann", "--candidates", "int8-scan", "--audit-size", "50", "--quiet"]) == 0
+    assert "ANN candidates: int8 scan." in capsys.readouterr().out
