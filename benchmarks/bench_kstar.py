@@ -268,8 +268,8 @@ def warm_ann() -> float:
 def candidates(r: dict) -> str:
     """How the ANN run found its candidates, in words."""
     if r["candidate_source"] == "int8 scan":
-        return ("candidates from the int8 scan (every foreign pair scored once in int8 codes, each sample's two nearest "
-                "taken in float64)")
+        return ("candidates from the int8 scan (every foreign pair scored once in int8 codes, each sample's two "
+                "nearest taken in float64)")
     return (f"pynndescent graph and {r['sampled_rows']:,} rows sampled ({r['sampled_candidates']:,} candidates, "
             f"{r['classes_at_sample_cap']} classes at the cap, {r['sampled_candidate_pairs']:.3g} pairs in the dense "
             f"product over them, ranked in {r['candidate_dims']} of {r['dim']} axes in {r['candidate_precision']})")

@@ -23,9 +23,9 @@ samples, proposed two ways:
   ``params["candidate_dims"]`` says which space was used (D: the full one).
 * or, in place of both, the *int8 scan*, for features at least ``LOW_PRECISION_MIN_DIMS`` (64) wide with no
   projection in use (a problem below the projection's size, or features with no few axes holding most of their
-  variance) on a CPU that multiplies int8 natively (VNNI or AMX): the centred rows are rounded to int8 codes, every
-  foreign pair is scored once by its codes' exact integer distance (``torch._int_mm`` tiles, each reduced for its rows
-  and its columns), and each sample's two nearest by code are its candidates. There the graph finds few nearest
+  variance) on a CPU that multiplies int8 natively (AVX512-VNNI or AMX): the centred rows are rounded to int8 codes,
+  every foreign pair is scored once by its codes' exact integer distance (``torch._int_mm`` tiles, each reduced for
+  its rows and its columns), and each sample's two nearest by code are its candidates. There the graph finds few nearest
   foreign samples (isotropic features) or costs more than the scan (smaller problems); measured on 10 isotropic
   128-d classes at N = 200,000: 2.7 times faster than exact, 99.93% identical. ``candidates="graph"`` or
   ``"int8-scan"`` forces either source; ``params["candidate_source"]`` says which ran. Without int8 products, a
@@ -513,6 +513,19 @@ def use_int8_scan(data, candidates: str, projected, dims: int) -> bool:
             and native_int8(data.device))
 
 
+def _why_no_scan(data, candidates: str, dims: int) -> str:
+    """Why :func:`use_int8_scan` said no, for a message (the projection aside)."""
+    if candidates == "graph":
+        return "candidates='graph' was asked for"
+    if dims < LOW_PRECISION_MIN_DIMS:
+        return f"features narrower than {LOW_PRECISION_MIN_DIMS}"
+    if dims > TwoNearestInt8.MAX_DIMS:
+        return f"features wider than {TwoNearestInt8.MAX_DIMS}"
+    if data.device.type != "cpu":
+        return f"the scan runs on the CPU, this run on {data.device}"
+    return "this CPU has no native int8 products (AVX512-VNNI or AMX)"
+
+
 def _ann_kstar(data, n_neighbors: int, seed: int, n_jobs: int | None, block_size: int | None,
                audit_size: int, min_identical: float | None, progress: bool,
                require_projection: bool = False, candidates: str = "auto") -> tuple[np.ndarray | None, dict | None,
@@ -530,8 +543,9 @@ def _ann_kstar(data, n_neighbors: int, seed: int, n_jobs: int | None, block_size
     for k* (the caller runs the exact path) with the audit of the classes done so far. The full verification is the
     exact kernel's same-class pass with the candidate radii as r_p: each same-class pair once.
 
-    ``info["ann_phase_seconds"]`` says where the time went: the audit rows' exact k*, the pynndescent graph, the
-    sampled candidates (with the gated audit), the ANN audit and the final verification. The graph, the verification
+    ``info["ann_phase_seconds"]`` says where the time went: the candidate-space check, the audit rows' exact k*, the
+    pynndescent graph and the sampled candidates (with the gated audit) or the int8 scan (likewise), the exact search,
+    the ANN audit and the final verification. The graph, the verification
     and the audits do not depend on how candidates are found, so exact time over their sum is the most any candidate
     search could gain here (benchmarks/bench_kstar.py prints it).
     """
@@ -555,8 +569,8 @@ def _ann_kstar(data, n_neighbors: int, seed: int, n_jobs: int | None, block_size
     if require_projection and projected is None and not scan:
         reason = (f"N^2 x D is at most {AUTO_EXACT_MAX_WORK:.0e}, and no projection onto a few principal axes kept "
                   "each sampled row's nearest foreign sample among its first candidates (features of high intrinsic "
-                  "dimension), and this device has no native int8 products for the scan: there ANN is no faster "
-                  "than exact")
+                  f"dimension), and the int8 scan does not run here ({_why_no_scan(data, candidates, dims)}): there "
+                  "the graph and sampled rows are no faster than exact")
         return None, None, {"candidate_dims": int(dims), "candidate_precision": None, "ann_phase_seconds": phases,
                             "auto_exact_reason": reason}
     precision = "int8" if scan else "float32"
@@ -569,38 +583,53 @@ def _ann_kstar(data, n_neighbors: int, seed: int, n_jobs: int | None, block_size
         return _scanned_kstar(data, audit_rows, exact_audit, seed, block_size, min_identical, progress, phases, lap)
     radius, settled = _graph_candidates(data, n_neighbors, seed, n_jobs)
     lap("graph")
-    done = {"rows": 0, "wrong": 0, "classes": 0, "differences": []}
-
-    def audit_gate(start: int, end: int) -> bool:
-        """Compare the class's audit rows now (a row still without a candidate gets the exact search later, so it
-        counts as identical); True once the audit can no longer pass."""
-        mine = np.flatnonzero((audit_rows >= start) & (audit_rows < end))
-        found = mine[np.isfinite(radius[audit_rows[mine]])]
-        if found.size:
-            got = 1 + exact_counts(data, audit_rows[found], radius=radius[audit_rows[found]], block_size=block_size)[0]
-            done["wrong"] += int(np.count_nonzero(got != exact_audit[found]))
-            done["differences"].append(np.abs(got - exact_audit[found]))
-        done["rows"] += int(mine.size)
-        done["classes"] += 1
-        return done["wrong"] > (1 - min_identical) * size
-
-    gate = audit_gate if min_identical is not None and size else None
-    sample_info = _sampled_candidates(data, radius, settled, rng, audit_rows, block_size, stop_after=gate,
+    gate = _AuditGate(data, audit_rows, exact_audit, min_identical, block_size) if min_identical is not None and size \
+        else None
+    sample_info = _sampled_candidates(data, radius, settled, rng, audit_rows, block_size,
+                                      stop_after=(lambda s, e: gate.check(s, e, radius)) if gate else None,
                                       projected=projected)
     lap("sampled_candidates")
     info = {"candidate_source": "pynndescent graph and sampled rows", "n_neighbors": int(min(n_neighbors, data.n - 1)),
             "candidate_dims": int(dims), "candidate_precision": precision, **sample_info,
             "ann_phase_seconds": phases}
     if sample_info["stopped_early"]:
-        diff = np.concatenate(done["differences"] or [np.zeros(0, dtype=np.int64)])
-        audit = {"size": done["rows"], "fraction_identical": 1 - done["wrong"] / max(done["rows"], 1),
-                 "max_abs_difference": int(diff.max()) if diff.size else 0,
-                 "mean_abs_difference": float(diff.sum() / max(done["rows"], 1)),
-                 "seed": seed, "stopped_after_classes": done["classes"], "classes": len(data.starts)}
-        return None, audit, {**info, "exact_search_samples": 0}
+        return None, gate.audit(seed), {**info, "exact_search_samples": 0}
     info["exact_search_samples"] = _ann_exact_search(data, radius, block_size)
     lap("exact_search")
     return _verified_kstar(data, radius, audit_rows, exact_audit, seed, block_size, min_identical, progress, info, lap)
+
+
+class _AuditGate:
+    """The audit under ``auto``, class by class as each class's candidates become final: once more than
+    ``1 - min_identical`` of the whole audit differs, the audit can no longer pass and the ANN work may stop."""
+
+    def __init__(self, data, audit_rows: np.ndarray, exact_audit: np.ndarray, min_identical: float,
+                 block_size: int | None) -> None:
+        self.data, self.audit_rows, self.exact_audit = data, audit_rows, exact_audit
+        self.min_identical, self.block_size = min_identical, block_size
+        self.rows, self.wrong, self.classes, self.differences = 0, 0, 0, []
+
+    def check(self, start: int, end: int, radius: np.ndarray) -> bool:
+        """Compare the audit rows of the class in sorted rows [start, end) (a row still without a candidate gets the
+        exact search later, so it counts as identical); True once the audit can no longer pass."""
+        rows = self.audit_rows
+        mine = np.flatnonzero((rows >= start) & (rows < end))
+        found = mine[np.isfinite(radius[rows[mine]])]
+        if found.size:
+            got = 1 + exact_counts(self.data, rows[found], radius=radius[rows[found]], block_size=self.block_size)[0]
+            self.wrong += int(np.count_nonzero(got != self.exact_audit[found]))
+            self.differences.append(np.abs(got - self.exact_audit[found]))
+        self.rows += int(mine.size)
+        self.classes += 1
+        return self.wrong > (1 - self.min_identical) * len(rows)
+
+    def audit(self, seed: int) -> dict:
+        """The audit of the classes checked so far (the work stopped there)."""
+        diff = np.concatenate(self.differences or [np.zeros(0, dtype=np.int64)])
+        return {"size": self.rows, "fraction_identical": 1 - self.wrong / max(self.rows, 1),
+                "max_abs_difference": int(diff.max()) if diff.size else 0,
+                "mean_abs_difference": float(diff.sum() / max(self.rows, 1)),
+                "seed": seed, "stopped_after_classes": self.classes, "classes": len(self.data.starts)}
 
 
 def _verified_kstar(data, radius: np.ndarray, audit_rows: np.ndarray, exact_audit: np.ndarray, seed: int,
@@ -631,19 +660,31 @@ def _verified_kstar(data, radius: np.ndarray, audit_rows: np.ndarray, exact_audi
 def _scanned_kstar(data, audit_rows: np.ndarray, exact_audit: np.ndarray, seed: int, block_size: int | None,
                    min_identical: float | None, progress: bool, phases: dict,
                    lap: Callable[[str], None]) -> tuple[np.ndarray | None, dict, dict]:
-    """The ANN path on wide features of high intrinsic dimension (no projection found) where int8 products are
-    native: each row's candidates are its two nearest foreign samples by int8 code distance, every foreign pair
-    scored once (:func:`~kstar_utils.neighbours.int8_two_nearest_foreign`), in place of the graph and the sampled
-    rows. There the graph finds few nearest foreign samples (no hubs, no locality) and the sampled rows' dense
-    products cost more than the scan. Verification and audit as everywhere else."""
+    """The ANN path with the int8 scan (:func:`use_int8_scan`): each row's candidates are its two nearest foreign
+    samples by int8 code distance, every foreign pair scored once
+    (:func:`~kstar_utils.neighbours.int8_two_nearest_foreign`), in place of the graph and the sampled rows; the
+    audit gate checks each class as the scan finishes it. Verification and audit as everywhere else."""
     radius = np.full(data.n, np.inf)
-    nearest = torch.from_numpy(int8_two_nearest_foreign(data, progress=progress)).to(data.device)
-    for k in range(nearest.shape[1]):
-        found = torch.nonzero(nearest[:, k] >= 0, as_tuple=True)[0]
-        _offer(data, radius, found, nearest[found, k])
+    gate = _AuditGate(data, audit_rows, exact_audit, min_identical, block_size) if min_identical is not None and len(
+        audit_rows) else None
+    stopped = []
+
+    def class_done(start: int, end: int, nearest: np.ndarray) -> bool:
+        for k in range(nearest.shape[1]):  # the exact distance of both candidates; -1 marks a place not filled
+            rows = start + np.flatnonzero(nearest[start:end, k] >= 0)
+            _offer(data, radius, torch.from_numpy(rows).to(data.device),
+                   torch.from_numpy(nearest[rows, k]).to(data.device))
+        if gate is not None and gate.check(start, end, radius):
+            stopped.append(True)
+        return bool(stopped)
+
+    _, codes = int8_two_nearest_foreign(data, progress=progress, class_done=class_done)
     lap("int8_scan")
     info = {"candidate_source": "int8 scan", "candidate_dims": int(data.exact.shape[1]), "candidate_precision": "int8",
-            "ann_phase_seconds": phases}
+            "int8_scale": codes.scale, "int8_levels": codes.levels, "int8_clipped_fraction": codes.clipped_fraction,
+            "stopped_early": bool(stopped), "ann_phase_seconds": phases}
+    if stopped:
+        return None, gate.audit(seed), {**info, "exact_search_samples": 0}
     info["exact_search_samples"] = _ann_exact_search(data, radius, block_size)
     lap("exact_search")
     return _verified_kstar(data, radius, audit_rows, exact_audit, seed, block_size, min_identical, progress, info, lap)
@@ -682,7 +723,7 @@ def compute_kstar(
     bootstrap, bootstrap_seed, confidence : with ``bootstrap`` = B > 0, ``result.intervals`` holds seeded percentile
         intervals of Gamma and Gamma' from B within-class resamples (see :func:`metrics.bootstrap_gamma_intervals`)
     candidates : where the ANN path finds candidates: "auto" (the pynndescent graph and sampled rows; the int8 scan
-        for features at least 64 wide with no projection in use, on a CPU with VNNI or AMX), "graph" (always the
+        for features at least 64 wide with no projection in use, on a CPU with AVX512-VNNI or AMX), "graph" (always the
         graph) or "int8-scan" (always the scan; CPU only)
 
     Every numeric option is checked first; a bad value is a KStarInputError naming the option and what it accepts.
@@ -698,7 +739,13 @@ def compute_kstar(
     confidence = check_fraction("confidence", confidence)
     check_choice("method", method, METHODS)
     check_choice("candidates", candidates, CANDIDATE_SOURCES)
+    if candidates != "auto" and method == "exact":
+        raise KStarInputError(f"candidates={candidates!r} chooses how the ANN path finds candidates, and "
+                              "method='exact' never runs it; use method='ann' or 'auto', or leave candidates='auto'.")
     torch_device = resolve_device(device)
+    if candidates == "int8-scan" and torch_device.type != "cpu":
+        raise KStarInputError(f"candidates='int8-scan' runs on the CPU, and this run would use {torch_device}; use "
+                              "device='cpu' or candidates='auto'.")
     checked = check_inputs(features, labels, metric)
     x, codes, classes = checked.features, checked.codes, checked.classes
     n, dim = x.shape
@@ -723,10 +770,15 @@ def compute_kstar(
             extra["ann_fallback"] = True
             resolved = "exact"
         elif audit["size"] and audit["fraction_identical"] < ANN_MIN_IDENTICAL:
+            if extra.get("candidate_source") == "int8 scan":
+                why = "its int8 codes rank too coarsely here (see params['int8_clipped_fraction'])"
+                remedy = "candidates='graph'"
+            else:
+                why, remedy = "this latent space is hard for the neighbour graph", "a larger n_neighbors"
             warnings.warn(
                 f"the ANN audit found only {audit['fraction_identical']:.1%} of {audit['size']} sampled k* identical "
-                f"to exact: this latent space is hard for the neighbour graph. Use method='exact' (or 'auto', which "
-                f"falls back by itself) or a larger n_neighbors.", ANNAccuracyWarning, stacklevel=2)
+                f"to exact: {why}. Use method='exact' (or 'auto', which falls back by itself) or {remedy}.",
+                ANNAccuracyWarning, stacklevel=2)
     if resolved == "exact":
         count, stats = exact_counts(data, block_size=block_size, progress=progress)
         kstar_sorted = 1 + count

@@ -41,6 +41,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any, Iterator
 
 import numpy as np
@@ -857,10 +858,11 @@ def bfloat16_ranking_features(data: ClassSortedFeatures) -> ClassSortedFeatures:
                                starts=data.starts, ends=data.ends, device=data.device)
 
 
-# The int8 scan (int8_two_nearest_foreign): codes are the centred rows divided by a scale that puts the INT8_CLIP_QUANTILE
-# quantile of |value| at 127 (the rare values beyond are clipped), fitted on at most INT8_SCALE_SAMPLE values. Tiles of
-# SCAN_TILE_ROWS x SCAN_TILE_COLUMNS products (int32, 4 MiB): measured here at D = 128 (2-core EPYC with AVX512-VNNI,
-# N = 50,000), 0.29 ns per pair with the two-nearest reduction at 1,024 x 1,024 against 0.42 at 512 x 2,048.
+# The int8 scan (int8_two_nearest_foreign): codes are the centred rows divided by a scale that puts the
+# INT8_CLIP_QUANTILE quantile of |value| at the largest code (the rare values beyond are clipped), fitted on at most
+# INT8_SCALE_SAMPLE values. Tiles of SCAN_TILE_ROWS x SCAN_TILE_COLUMNS products (int32, 4 MiB): measured here at
+# D = 128 (2-core EPYC with AVX512-VNNI, N = 50,000), 0.29 ns per pair with the two-nearest reduction at 1,024 x 1,024
+# against 0.42 at 512 x 2,048.
 INT8_CLIP_QUANTILE = 0.9999
 INT8_SCALE_SAMPLE = 2**20
 SCAN_TILE_ROWS = 1024
@@ -868,8 +870,9 @@ SCAN_TILE_COLUMNS = 1024
 
 
 def native_int8(device: torch.device) -> bool:
-    """Whether this device multiplies int8 natively into int32 for the ANN path's scan: a CPU with VNNI (AVX512-VNNI or
-    AVX-VNNI) or AMX, and a torch with ``_int_mm``. Measured on a 2-core AMD EPYC with AVX512-VNNI: 0.14 ns per pair at
+    """Whether this device multiplies int8 natively into int32 for the ANN path's scan: a CPU with AVX512-VNNI or AMX
+    as torch reports them (a CPU with AVX-VNNI alone is not detected, and keeps the graph), and a torch with
+    ``_int_mm``. Measured on a 2-core AMD EPYC with AVX512-VNNI: 0.14 ns per pair at
     D = 128 against 0.29 in bfloat16 and 1.2 in float32 (1,024 x 1,024 tiles), and the int32 result is exact where a
     bfloat16 product is rounded to 8 bits. CUDA keeps float32 (its exact kernel is fast already)."""
     if torch.device(device).type != "cpu" or not callable(getattr(torch, "_int_mm", None)):
@@ -879,43 +882,77 @@ def native_int8(device: torch.device) -> bool:
     return any(bool(check()) for check in checks if callable(check))
 
 
-def int8_codes(data: ClassSortedFeatures, seed: int = 0) -> tuple[torch.Tensor, np.ndarray, float]:
-    """The centred rows as int8 codes for *ranking* only: (codes (N, D) int8, their squared norms |q|^2 as int32, the
-    scale). ``scale * q`` approximates the centred row; |q_i - q_j|^2 is exact in integers, so two codes' distance
-    has no rounding of its own, only the codes' (at most scale / 2 per value, more for the clipped few)."""
+@dataclass
+class Int8Codes:
+    """The centred rows as int8 codes, for *ranking* only (see :func:`int8_codes`)."""
+
+    codes: torch.Tensor  # (N, D) int8, |code| <= levels
+    sq_norms: np.ndarray  # (N,) int32: |q|^2 of each code, exact
+    scale: float  # scale * q approximates the centred row
+    levels: int  # the largest |code|
+    clipped_fraction: float  # of the values the scale was fitted on, those beyond levels * scale (clipped)
+
+
+def int8_levels(device: torch.device) -> int:
+    """127 where int8 products are native (:func:`native_int8`: exact int32 sums of full-range codes), else 63: a CPU
+    without VNNI multiplies int8 with pairwise 16-bit sums that saturate (oneDNN's int8 nuances), and 7-bit codes keep
+    every pair sum below 2^15 there (191 x 63 x 2 < 32,767, with oneDNN's +128 shift of one side)."""
+    return 127 if native_int8(device) else 63
+
+
+def int8_codes(data: ClassSortedFeatures, levels: int = 127, seed: int = 0) -> Int8Codes:
+    """The centred rows divided by one scale and rounded to integers in [-levels, levels], the scale putting the
+    INT8_CLIP_QUANTILE quantile of |value| at ``levels`` (the rarer values beyond are clipped). |q_i - q_j|^2 is exact
+    in integers, so two codes' distance has no rounding of its own, only the codes' (at most scale / 2 per value, more
+    for the clipped few). The quantile is fitted on at most INT8_SCALE_SAMPLE values drawn with the fixed ``seed``
+    (not the ANN path's: the codes of a data set do not depend on the audit's seed)."""
     n, dim = data.exact.shape
     if dim > TwoNearestInt8.MAX_DIMS:
         raise KStarInputError(f"int8 codes take at most {TwoNearestInt8.MAX_DIMS} features, got {dim}")
+    if not 1 <= levels <= 127:
+        raise KStarInputError(f"int8 codes need 1 <= levels <= 127, got {levels}")
     centred = data.left[:, :dim]
     if n * dim > INT8_SCALE_SAMPLE:  # values drawn at random (with replacement), never an N x D temporary
         rng = np.random.default_rng(seed)
         rows, cols = (torch.from_numpy(rng.integers(0, size, INT8_SCALE_SAMPLE)).to(data.device) for size in (n, dim))
-        values = centred[rows, cols]
+        values = centred[rows, cols].abs().to(torch.float64)
     else:
-        values = centred.reshape(-1)
-    peak = float(torch.quantile(values.abs().to(torch.float64), INT8_CLIP_QUANTILE)) if values.numel() else 0.0
+        values = centred.reshape(-1).abs().to(torch.float64)
+    peak = float(torch.quantile(values, INT8_CLIP_QUANTILE)) if values.numel() else 0.0
     if peak == 0.0:
         peak = float(centred.abs().max()) if centred.numel() else 0.0
-    scale = peak / 127 if peak > 0 else 1.0
+    scale = peak / levels if peak > 0 else 1.0
+    clipped = float((values > (levels + 0.5) * scale).to(torch.float64).mean()) if values.numel() else 0.0
     codes = torch.empty((n, dim), dtype=torch.int8, device=data.device)
+    sq_norms = np.empty(n, dtype=np.int32)
     step = max(1, LAYOUT_CHUNK_BYTES // (4 * max(dim, 1)))
-    for lo in range(0, n, step):
-        codes[lo : lo + step] = torch.round(centred[lo : lo + step] / scale).clamp_(-127, 127).to(torch.int8)
-    sq_norms = codes.to(torch.int32).square().sum(dim=1, dtype=torch.int32).cpu().numpy()
-    return codes, sq_norms, scale
+    for lo in range(0, n, step):  # in cache-sized row chunks: no N x D temporary
+        chunk = torch.round(centred[lo : lo + step] / scale).clamp_(-levels, levels)
+        codes[lo : lo + step] = chunk.to(torch.int8)
+        sq_norms[lo : lo + step] = chunk.to(torch.int32).square().sum(dim=1, dtype=torch.int32).cpu().numpy()
+    return Int8Codes(codes=codes, sq_norms=sq_norms, scale=scale, levels=levels, clipped_fraction=clipped)
 
 
-def int8_two_nearest_foreign(data: ClassSortedFeatures, progress: bool = False) -> np.ndarray:
+def int8_two_nearest_foreign(data: ClassSortedFeatures, progress: bool = False, levels: int | None = None,
+                             class_done: Callable[[int, int, np.ndarray], bool] | None = None,
+                             ) -> tuple[np.ndarray, Int8Codes]:
     """Each sorted row's two nearest foreign samples by int8 code distance (sorted indices, (N, 2); -1 where a row has
     fewer foreign samples), every foreign pair scored once, for rows and columns alike (the exact kernel's foreign
-    pass, in int8: ``torch._int_mm`` products reduced by :class:`~kstar_utils.tile_kernels.TwoNearestInt8`).
+    pass, in int8: ``torch._int_mm`` products reduced by :class:`~kstar_utils.tile_kernels.TwoNearestInt8`), and the
+    codes used (``levels``: :func:`int8_levels` of the device when None).
 
     Why two: the codes' rounding can swap a row's nearest foreign sample with its runner-up, and the caller takes the
     exact float64 distance of both. Measured on 10 isotropic 128-d Gaussian classes at N = 200,000: the nearer of the
-    two was the true nearest foreign sample for 99.6% of rows, and k* was identical for 99.8% (the first alone: 96.5%
-    at N = 50,000). CPU only (:func:`native_int8`)."""
-    codes, sq_norms, _ = int8_codes(data)
-    best = TwoNearestInt8(sq_norms)
+    two was the true nearest foreign sample for 99.6% of rows, and k* was identical for 99.93% (the first alone was
+    right for 96.5% of rows at N = 50,000).
+
+    Classes are scanned in order, each class's rows against every later class: once a class's row tiles are done,
+    its rows' two nearest are final (the earlier classes met them as columns before). ``class_done(start, end,
+    nearest)`` is called then (rows ``start:end`` of ``nearest`` final); when it returns True the scan stops there
+    (the rows of later classes are then incomplete). CPU only."""
+    prepared = int8_codes(data, int8_levels(data.device) if levels is None else levels)
+    codes = prepared.codes
+    best = TwoNearestInt8(prepared.sq_norms)
     n = data.n
     with tqdm(total=n, desc="k* int8 scan", unit="sample", disable=not progress, leave=False) as bar:
         for s, e in zip(data.starts.tolist(), data.ends.tolist()):
@@ -926,7 +963,9 @@ def int8_two_nearest_foreign(data: ClassSortedFeatures, progress: bool = False) 
                     chi = min(clo + SCAN_TILE_COLUMNS, n)
                     best.push(torch._int_mm(rows, codes[clo:chi].T), lo, clo)
                 bar.update(hi - lo)
-    return best.result()[1]
+            if class_done is not None and class_done(s, e, best.indices):
+                break
+    return best.result()[1], prepared
 
 
 def nearest_among_projected(data: ClassSortedFeatures, projected: ClassSortedFeatures, rows: torch.Tensor,

@@ -9,8 +9,9 @@ once, in cache, and take about 0.2 ms for the four counts. On other devices (CUD
 are cheap next to the product.
 
 Every float32 function takes a 2-D float32 tile and returns torch tensors on the tile's device, equal to the torch
-forms (``_torch_*``), which the tests compare them with; ``TwoNearestInt8`` (CPU only) is compared with a brute force. NaN never reaches a tile (inputs are checked finite); ``inf`` does
-(excluded pairs) and compares as IEEE says: no fast-math flags are used.
+forms (``_torch_*``), which the tests compare them with; ``TwoNearestInt8`` (CPU only) is compared with a brute
+force. NaN never reaches a tile (inputs are checked finite); ``inf`` does (excluded pairs) and compares as IEEE says:
+no fast-math flags are used.
 """
 
 from __future__ import annotations
@@ -354,9 +355,12 @@ class TwoNearestInt8:
         m, n = p.shape
         if m == 0 or n == 0:
             return
+        size = self.sq_norms.shape[0]
+        if not (0 <= row0 and row0 + m <= size and 0 <= col0 and col0 + n <= size):
+            raise ValueError(f"TwoNearestInt8.push: a {m} x {n} tile at ({row0}, {col0}) does not fit {size} samples")
         if row0 < col0 + n and col0 < row0 + m:
-            raise ValueError(f"TwoNearestInt8.push: rows [{row0}, {row0 + m}) and columns [{col0}, {col0 + n}) overlap; "
-                             "push disjoint blocks (each unordered pair once, never a sample with itself)")
+            raise ValueError(f"TwoNearestInt8.push: rows [{row0}, {row0 + m}) and columns [{col0}, {col0 + n}) "
+                             "overlap; push disjoint blocks (each unordered pair once, never a sample with itself)")
         tile = _numpy(p)
         rows, cols = slice(row0, row0 + m), slice(col0, col0 + n)
         _run(_two_smallest_rows, tile, self.sq_norms[cols], self.values[rows], self.indices[rows], int(col0))

@@ -1,8 +1,9 @@
 """The ANN path's int8 scan: the two-nearest reduction over int32 tiles, the int8 codes, the scan over every foreign
 pair, and the ANN path that uses it (wide features, no projection, a CPU with native int8 products).
 
-torch._int_mm runs on every CPU (emulated where VNNI is missing, only slower), so these tests exercise the scan on any
-machine; where the real path depends on the CPU, ``native_int8`` is patched."""
+torch._int_mm runs on every CPU (without VNNI through 16-bit pair sums that can saturate full-range codes, hence the
+7-bit codes of ``int8_levels`` there and in these tests), so these tests exercise the scan on any machine; where the
+real path depends on the CPU, ``native_int8`` is patched."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 import torch
 
 from kstar_utils import compute_kstar
+from kstar_utils.errors import KStarInputError
 from kstar_utils.neighbours import int8_codes, int8_two_nearest_foreign, native_int8, sort_by_class
 from kstar_utils.synthetic import gaussian_classes
 from kstar_utils.tile_kernels import TwoNearestInt8
@@ -45,7 +47,7 @@ def test_two_nearest_over_tiles_equals_a_brute_force_for_rows_and_columns_alike(
     others, ends with its two nearest foreign samples by code distance, with their exact integer distances."""
     rng = np.random.default_rng(3)
     labels = np.sort(rng.integers(0, 4, 300))
-    codes = rng.integers(-127, 128, size=(300, 24))
+    codes = rng.integers(-63, 64, size=(300, 24))  # 7-bit: _int_mm is exact for them on any CPU (int8_levels)
     starts = [int(np.searchsorted(labels, c)) for c in range(4)]
     ends = starts[1:] + [300]
     values, indices = _scan_tiles(codes, starts, ends, rows, cols).result()
@@ -71,47 +73,93 @@ def test_two_nearest_keeps_the_earlier_index_on_ties_and_marks_places_not_filled
     assert indices[3].tolist() == [1, 0] and indices[4].tolist() == [1, 0]
 
 
-def test_two_nearest_refuses_overlapping_blocks_and_other_tiles():
+def test_two_nearest_keeps_the_earlier_row_on_a_column_tie():
+    """Two rows of one tile at the same code distance from a column: the column keeps the earlier row first."""
+    codes = np.array([[3, 4], [-3, -4], [0, 0], [9, 9]])
+    best = TwoNearestInt8((codes ** 2).sum(1))
+    q = torch.from_numpy(codes.astype(np.int8))
+    best.push(torch._int_mm(q[:2], q[2:].T), 0, 2)
+    values, indices = best.result()
+    assert indices[2].tolist() == [0, 1] and values[2].tolist() == [25, 25]
+
+
+def test_two_nearest_refuses_overlapping_blocks_tiles_that_do_not_fit_and_other_tiles():
     best = TwoNearestInt8(np.zeros(10, dtype=np.int64))
     with pytest.raises(ValueError, match="overlap"):
         best.push(torch.zeros((4, 4), dtype=torch.int32), 0, 2)
+    for row0, col0 in ((8, 0), (0, 8), (-1, 5)):
+        with pytest.raises(ValueError, match="does not fit 10 samples"):
+            best.push(torch.zeros((3, 3), dtype=torch.int32), row0, col0)
     with pytest.raises(TypeError, match="int32"):
         best.push(torch.zeros((2, 2), dtype=torch.float32), 0, 5)
     best.push(torch.zeros((0, 3), dtype=torch.int32), 0, 5)  # an empty tile changes nothing
     assert (best.result()[1] == -1).all()
 
 
-def test_int8_codes_scale_clip_and_exact_squared_norms():
-    """The scale puts the 99.99% quantile of |centred value| at 127; values beyond are clipped to +-127; the squared
-    norms are the codes' own, exactly; features that are all equal get the scale 1 and zero codes."""
+def test_int8_codes_scale_clip_and_exact_squared_norms(monkeypatch):
+    """The scale puts the 99.99% quantile of |centred value| at ``levels``; values beyond are clipped and counted; the
+    squared norms are the codes' own, exactly; the quantile is fitted on a seeded sample of a large matrix; features
+    that are all equal get the scale 1 and zero codes."""
+    import kstar_utils.neighbours as neighbours
+
     rng = np.random.default_rng(0)
     x = rng.normal(size=(2000, 64))
     x[5, 7] = 1e3  # one outlier: clipped, it does not set the scale
     data = sort_by_class(x, np.repeat([0, 1], 1000), torch.device("cpu"))
-    codes, sq_norms, scale = int8_codes(data)
-    assert codes.dtype == torch.int8 and codes.shape == (2000, 64)
-    assert 3.0 / 127 < scale < 5.0 / 127  # the quantile of a standard normal's |value|, not the outlier
-    assert int(codes.abs().max()) == 127 and int(codes[5, 7]) == 127
-    np.testing.assert_array_equal(sq_norms, (codes.numpy().astype(np.int64) ** 2).sum(1))
-    centred = data.left[:, :64]
-    inside = centred.abs() < 127 * scale
-    assert float((centred[inside] - scale * codes[inside].float()).abs().max()) <= scale / 2 * (1 + 1e-5)
-    flat = sort_by_class(np.ones((10, 64)), np.repeat([0, 1], 5), torch.device("cpu"))
-    codes, sq_norms, scale = int8_codes(flat)
-    assert scale == 1.0 and not codes.any() and not sq_norms.any()
+    for levels in (127, 63):
+        got = int8_codes(data, levels)
+        codes, scale = got.codes, got.scale
+        assert codes.dtype == torch.int8 and codes.shape == (2000, 64) and got.levels == levels
+        assert 3.0 / levels < scale < 5.0 / levels  # the quantile of a standard normal's |value|, not the outlier
+        assert int(codes.abs().max()) == levels and int(codes[5, 7]) == levels
+        assert 0 < got.clipped_fraction <= 2e-4
+        np.testing.assert_array_equal(got.sq_norms, (codes.numpy().astype(np.int64) ** 2).sum(1))
+        centred = data.left[:, :64]
+        inside = centred.abs() < levels * scale
+        assert float((centred[inside] - scale * codes[inside].float()).abs().max()) <= scale / 2 * (1 + 1e-5)
+    full = int8_codes(data).scale
+    monkeypatch.setattr(neighbours, "INT8_SCALE_SAMPLE", 5000)  # 128,000 values: the sampled branch
+    sampled = int8_codes(data).scale
+    assert sampled == int8_codes(data).scale and abs(sampled / full - 1) < 0.25  # seeded, and near the full fit
+    with pytest.raises(KStarInputError, match="levels <= 127"):
+        int8_codes(data, 128)
+    flat = int8_codes(sort_by_class(np.ones((10, 64)), np.repeat([0, 1], 5), torch.device("cpu")))
+    assert flat.scale == 1.0 and not flat.codes.any() and not flat.sq_norms.any() and flat.clipped_fraction == 0
 
 
-def test_the_scan_finds_each_rows_two_nearest_foreign_codes():
-    """int8_two_nearest_foreign over the class-sorted layout equals a brute force over the same codes."""
-    x, y = gaussian_classes(900, 64, 3, separation=0.5, seed=2)
+def test_int8_levels_follow_the_cpu(monkeypatch):
+    import kstar_utils.neighbours as neighbours
+
+    monkeypatch.setattr(neighbours, "native_int8", lambda device: True)
+    assert neighbours.int8_levels(torch.device("cpu")) == 127
+    monkeypatch.setattr(neighbours, "native_int8", lambda device: False)
+    assert neighbours.int8_levels(torch.device("cpu")) == 63
+
+
+def test_the_scan_finds_each_rows_two_nearest_foreign_codes_in_tiles_of_any_shape(monkeypatch):
+    """int8_two_nearest_foreign over the class-sorted layout, with classes split over several row and column tiles,
+    equals a brute force over the same codes; class_done sees each class once its rows are final, and can stop."""
+    import kstar_utils.neighbours as neighbours
+
+    monkeypatch.setattr(neighbours, "SCAN_TILE_ROWS", 7)
+    monkeypatch.setattr(neighbours, "SCAN_TILE_COLUMNS", 5)
+    x, y = gaussian_classes(400, 64, 3, separation=0.5, seed=2)
     data = sort_by_class(x, y, torch.device("cpu"))
-    codes = int8_codes(data)[0].numpy()
-    nearest = int8_two_nearest_foreign(data)
+    codes = int8_codes(data, 63).codes.numpy()
     want_values, want = _brute_two_nearest(codes, data.codes)
-    assert (data.codes[nearest] != data.codes[:, None]).all()
-    # the same distances (the indices may differ only where two candidates tie at the same distance)
+    seen = []
+    nearest, used = int8_two_nearest_foreign(
+        data, levels=63, class_done=lambda s, e, got: seen.append((s, e, got[s:e].copy())) or False)
+    assert used.levels == 63
+    np.testing.assert_array_equal(nearest, want)
     np.testing.assert_array_equal(((codes[:, None, :].astype(np.int64) - codes[nearest]) ** 2).sum(2), want_values)
-    assert np.mean(nearest == want) > 0.99
+    assert [(s, e) for s, e, _ in seen] == list(zip(data.starts.tolist(), data.ends.tolist()))
+    for s, e, got in seen:
+        np.testing.assert_array_equal(got, want[s:e])  # final when reported
+    calls = []
+    partial, _ = int8_two_nearest_foreign(data, levels=63, class_done=lambda s, e, got: calls.append(s) or True)
+    assert calls == [0]
+    np.testing.assert_array_equal(partial[: data.ends[0]], want[: data.ends[0]])
 
 
 def test_native_int8_needs_a_cpu_with_vnni_or_amx(monkeypatch):
@@ -182,7 +230,6 @@ def test_candidates_option_forces_either_source_and_is_checked(monkeypatch, tmp_
     `kstar compute --candidates` passes it on and names the source."""
     import kstar_utils.kstar as kstar_module
     from kstar_utils.cli import main
-    from kstar_utils.errors import KStarInputError
 
     monkeypatch.setattr(kstar_module, "native_int8", lambda device: True)
     wide_x, wide_y = gaussian_classes(1500, 64, 3, separation=0.5, seed=3)
@@ -212,3 +259,39 @@ def test_candidates_option_forces_either_source_and_is_checked(monkeypatch, tmp_
     assert main(["compute", str(tmp_path / "x.npy"), str(tmp_path / "y.npy"), "--out", str(tmp_path / "out"),
                  "--method", "ann", "--candidates", "int8-scan", "--audit-size", "50", "--quiet"]) == 0
     assert "ANN candidates: int8 scan." in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_a_class_of_one_sample_leaves_second_places_empty_and_k_star_is_right():
+    """Beside a class of one sample, every other sample has a single foreign sample: its second place stays -1, which
+    must never reach the exact distances (index -1 would wrap to the last row)."""
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(400, 64))
+    y = np.array([0] + [1] * 399)
+    exact = compute_kstar(x, y, method="exact")
+    scanned = compute_kstar(x, y, method="ann", candidates="int8-scan", audit_size=50)
+    np.testing.assert_array_equal(scanned.kstar, exact.kstar)  # one foreign sample: no candidate can be missed
+
+
+@pytest.mark.slow
+def test_auto_stops_the_scan_at_the_first_class_that_fails_the_audit(monkeypatch):
+    """Codes of three levels rank badly: under auto the audit gate stops the scan after a class, the result is exact
+    k*, and the fallback is recorded; under ann the same codes warn."""
+    import kstar_utils.kstar as kstar_module
+    import kstar_utils.neighbours as neighbours
+    from kstar_utils.kstar import ANNAccuracyWarning
+
+    monkeypatch.setattr(neighbours, "int8_levels", lambda device: 1)
+    monkeypatch.setattr(kstar_module, "native_int8", lambda device: True)
+    monkeypatch.setattr(kstar_module, "AUTO_EXACT_MAX_WORK", 0.0)
+    x, y = gaussian_classes(1500, 64, 5, separation=0.3, seed=4)
+    exact = compute_kstar(x, y, method="exact")
+    with pytest.warns(ANNAccuracyWarning, match="computing exact k\\* instead"):
+        auto = compute_kstar(x, y, method="auto", audit_size=200)
+    assert auto.method == "exact" and auto.params["ann_fallback"] is True
+    assert auto.params["candidate_source"] == "int8 scan" and auto.params["stopped_early"] is True
+    assert auto.audit["stopped_after_classes"] < 5 and auto.audit["fraction_identical"] < 0.99
+    np.testing.assert_array_equal(auto.kstar, exact.kstar)
+    with pytest.warns(ANNAccuracyWarning, match="int8 codes rank too coarsely.*candidates='graph'"):
+        ann = compute_kstar(x, y, method="ann", audit_size=200)
+    assert ann.method == "ann" and np.all(ann.kstar >= exact.kstar) and ann.params["int8_levels"] == 1

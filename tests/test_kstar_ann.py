@@ -182,6 +182,7 @@ def test_auto_in_the_middle_sizes_runs_ann_only_for_features_of_low_intrinsic_di
     monkeypatch.undo()
     for name, value in middle_sizes:
         monkeypatch.setattr(kstar_module, name, value)
+    monkeypatch.setattr(kstar_module, "native_int8", lambda device: False)  # the graph's path on any CPU
     narrow = compute_kstar(iso_x[:, :16], iso_y, method="auto", n_jobs=1, audit_size=200)
     assert narrow.params["candidate_dims"] == 16 and "auto_exact_reason" not in narrow.params  # ANN ran as it is
     assert narrow.audit is not None and narrow.audit["size"] > 0
@@ -374,8 +375,8 @@ def test_a_large_problem_searches_its_candidates_in_the_projection(monkeypatch):
 
     x, y = _low_rank_classes()
     exact = compute_kstar(x, y, method="exact")
-    plain = compute_kstar(x, y, method="ann", n_neighbors=10, n_jobs=1, audit_size=300)
-    assert plain.params["candidate_dims"] == 64  # a small problem: the full space
+    plain = compute_kstar(x, y, method="ann", n_neighbors=10, n_jobs=1, audit_size=300, candidates="graph")
+    assert plain.params["candidate_dims"] == 64  # a small problem: the full space (the graph's, not the int8 scan)
     searched = []
     real = kstar_module.foreign_top_projected
     monkeypatch.setattr(kstar_module, "foreign_top_projected", lambda *a: searched.append(1) or real(*a))
@@ -397,14 +398,13 @@ def test_a_large_problem_without_a_projection_ranks_in_bfloat16_where_the_cpu_mu
 
     x, y = gaussian_classes(3000, 64, 5, separation=0.35, seed=1)
     exact = compute_kstar(x, y, method="exact")
-    monkeypatch.setattr(kstar_module, "native_int8", lambda device: False)
+    monkeypatch.setattr(kstar_module, "native_int8", lambda device: False)  # bfloat16 is the fallback of the int8 scan
     plain = compute_kstar(x, y, method="ann", n_neighbors=10, n_jobs=1, audit_size=300)
     assert plain.params["candidate_precision"] == "float32"  # a small problem
     ranked = []
     real = kstar_module.bfloat16_ranking_features
     monkeypatch.setattr(kstar_module, "bfloat16_ranking_features", lambda data: ranked.append(1) or real(data))
     monkeypatch.setattr(kstar_module, "native_bfloat16", lambda device: native)
-    monkeypatch.setattr(kstar_module, "native_int8", lambda device: False)  # bfloat16 is the fallback of the int8 scan
     monkeypatch.setattr(kstar_module, "PROJECTION_MIN_WORK", 0.0)
     ann = compute_kstar(x, y, method="ann", n_neighbors=10, n_jobs=1, audit_size=300)
     assert ann.params["candidate_dims"] == 64 and len(ranked) == int(native)
