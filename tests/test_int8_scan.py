@@ -245,6 +245,8 @@ def test_candidates_option_forces_either_source_and_is_checked(monkeypatch, tmp_
     assert np.all(scanned.kstar >= exact.kstar) and np.mean(scanned.kstar == exact.kstar) >= 0.97
     with pytest.raises(KStarInputError, match="unknown candidates .hnsw.; use one of auto, graph, int8-scan"):
         compute_kstar(narrow_x, narrow_y, method="ann", candidates="hnsw")
+    with pytest.raises(KStarInputError, match="method='exact' never runs it"):
+        compute_kstar(narrow_x, narrow_y, method="exact", candidates="graph")
     cpu, cuda = SimpleNamespace(device=torch.device("cpu")), SimpleNamespace(device=torch.device("cuda"))
     with pytest.raises(KStarInputError, match="runs on the CPU"):
         kstar_module.use_int8_scan(cuda, "int8-scan", None, 8)
