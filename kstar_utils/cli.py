@@ -54,7 +54,7 @@ def _add_compute(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--audit-size", type=int, default=DEFAULT_AUDIT_SIZE, help="ANN: samples re-checked exactly")
     p.add_argument("--candidates", choices=["auto", "graph", "int8-scan"], default="auto",
                    help="ANN candidates: auto (the pynndescent graph and sampled rows; the int8 scan of every foreign "
-                        "pair for features >= 64 wide with no projection in use, on a CPU with AVX512-VNNI or AMX), "
+                        "pair for features >= 64 wide on a CPU with AVX512-VNNI or AMX), "
                         "graph, or int8-scan (CPU only)")
     p.add_argument("--seed", type=int, default=0, help="ANN graph, audit and bootstrap seed")
     p.add_argument("--bootstrap", type=int, default=0,

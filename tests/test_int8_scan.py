@@ -249,13 +249,14 @@ def test_candidates_option_forces_either_source_and_is_checked(monkeypatch, tmp_
         compute_kstar(narrow_x, narrow_y, method="exact", candidates="graph")
     cpu, cuda = SimpleNamespace(device=torch.device("cpu")), SimpleNamespace(device=torch.device("cuda"))
     with pytest.raises(KStarInputError, match="runs on the CPU"):
-        kstar_module.use_int8_scan(cuda, "int8-scan", None, 8)
+        kstar_module.use_int8_scan(cuda, "int8-scan", 8)
     with pytest.raises(KStarInputError, match="at most 32768 features"):
-        kstar_module.use_int8_scan(cpu, "int8-scan", None, 40_000)
+        kstar_module.use_int8_scan(cpu, "int8-scan", 40_000)
     monkeypatch.setattr(kstar_module, "native_int8", lambda device: True)
-    assert kstar_module.use_int8_scan(cpu, "auto", None, 64) and not kstar_module.use_int8_scan(cpu, "auto", None, 63)
-    assert not kstar_module.use_int8_scan(cpu, "auto", object(), 128)  # a projection in use: the graph's case
-    assert not kstar_module.use_int8_scan(cpu, "graph", None, 128)
+    assert kstar_module.use_int8_scan(cpu, "auto", 64) and not kstar_module.use_int8_scan(cpu, "auto", 63)
+    assert not kstar_module.use_int8_scan(cpu, "graph", 128)
+    monkeypatch.setattr(kstar_module, "native_int8", lambda device: False)
+    assert not kstar_module.use_int8_scan(cpu, "auto", 128) and kstar_module.use_int8_scan(cpu, "int8-scan", 128)
     np.save(tmp_path / "x.npy", narrow_x)
     np.save(tmp_path / "y.npy", narrow_y)
     assert main(["compute", str(tmp_path / "x.npy"), str(tmp_path / "y.npy"), "--out", str(tmp_path / "out"),
@@ -297,3 +298,19 @@ def test_auto_stops_the_scan_at_the_first_class_that_fails_the_audit(monkeypatch
     with pytest.warns(ANNAccuracyWarning, match="int8 codes rank too coarsely.*candidates='graph'"):
         ann = compute_kstar(x, y, method="ann", audit_size=200)
     assert ann.method == "ann" and np.all(ann.kstar >= exact.kstar) and ann.params["int8_levels"] == 1
+
+
+@pytest.mark.slow
+def test_the_scan_runs_even_where_a_projection_would_be_found(monkeypatch):
+    """Wide features of low intrinsic dimension (8 directions of 64) in a large problem: where int8 is native the scan
+    runs, and the projection check is skipped (the scan was measured faster and more accurate there too)."""
+    import kstar_utils.kstar as kstar_module
+
+    monkeypatch.setattr(kstar_module, "native_int8", lambda device: True)
+    monkeypatch.setattr(kstar_module, "PROJECTION_MIN_WORK", 0.0)
+    monkeypatch.setattr(kstar_module, "_candidate_space", lambda *a: pytest.fail("no projection check for the scan"))
+    x, y = gaussian_classes(3000, 64, 5, separation=1.0, seed=1, latent=8)
+    ann = compute_kstar(x, y, method="ann", audit_size=300)
+    assert ann.params["candidate_source"] == "int8 scan" and ann.params["candidate_dims"] == 64
+    exact = compute_kstar(x, y, method="exact")
+    assert np.all(ann.kstar >= exact.kstar) and np.mean(ann.kstar == exact.kstar) >= 0.99

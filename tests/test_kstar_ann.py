@@ -381,6 +381,7 @@ def test_a_large_problem_searches_its_candidates_in_the_projection(monkeypatch):
     real = kstar_module.foreign_top_projected
     monkeypatch.setattr(kstar_module, "foreign_top_projected", lambda *a: searched.append(1) or real(*a))
     monkeypatch.setattr(kstar_module, "PROJECTION_MIN_WORK", 0.0)
+    monkeypatch.setattr(kstar_module, "native_int8", lambda device: False)  # the graph's path, not the int8 scan
     ann = compute_kstar(x, y, method="ann", n_neighbors=10, n_jobs=1, audit_size=300)
     assert ann.params["candidate_dims"] in (8, 16) and len(searched) >= 5  # every class's sampled rows
     assert np.all(ann.kstar >= exact.kstar)
