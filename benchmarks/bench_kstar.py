@@ -429,9 +429,13 @@ def main() -> None:
                    "candidate_source": auto.params.get("candidate_source"),
                    "identical_all": float(np.mean(auto.kstar == exact.kstar))}
             figures["auto"].append(row)
-            why = ("by size alone" if row["candidate_dims"] is None else
-                   f"after the candidate-space check: {row['candidate_dims']} of 128 axes"
-                   + (f", candidates from the {row['candidate_source']}" if row["candidate_source"] else ""))
+            if row["candidate_dims"] is None:
+                why = "by size alone"
+            elif row["candidate_source"] == "int8 scan":
+                why = "candidates from the int8 scan, no candidate-space check"
+            else:
+                why = (f"after the candidate-space check: {row['candidate_dims']} of 128 axes"
+                       + (f", candidates from the {row['candidate_source']}" if row["candidate_source"] else ""))
             print(f"[5] method='auto' on data ({key}), N={row['n']:,}: chose {auto.method} ({why}), "
                   f"{auto_s:.1f} s against exact's {exact_s:.1f} s = "
                   f"{exact_s / auto_s:.2f}x, {row['identical_all']:.2%} identical", flush=True)

@@ -24,9 +24,9 @@ samples, proposed two ways:
 * or, in place of both, the *int8 scan*, for features at least ``LOW_PRECISION_MIN_DIMS`` (64) wide on a CPU that
   multiplies int8 natively (AVX512-VNNI or AMX): the centred rows are rounded to int8 codes, every foreign pair is
   scored once by its codes' exact integer distance (``torch._int_mm`` tiles, each reduced for its rows and its
-  columns), and each sample's two nearest by code are its candidates. Measured at N = 200,000, D = 128: 2.7 to 3.5
+  columns), and each sample's two nearest by code are its candidates. Measured at N = 200,000, D = 128: 2.7 to 3.6
   times faster than exact on 10 isotropic classes (99.93% identical), where the graph finds few nearest foreign
-  samples (1.3x to 1.5x, 97.9%), and 3.2 to 4.1 times on classes in a 16-d subspace (99.99%), where the graph and
+  samples (1.3x to 1.5x, 97.9%), and 2.7 to 4.1 times on classes in a 16-d subspace (99.99%), where the graph and
   the projection reach 1.9x to 2.5x (99.19%); at N = 400,000 on the latter, 47 s against the graph's 61 s. ``candidates="graph"`` or
   ``"int8-scan"`` forces either source; ``params["candidate_source"]`` says which ran. Without int8 products, a
   large problem with no projection ranks the sampled rows' searches in bfloat16 where the CPU multiplies that
