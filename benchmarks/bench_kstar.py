@@ -7,8 +7,8 @@ Run: ``.venv/bin/python benchmarks/bench_kstar.py [--quick] [--parts 1,2,3,4,5] 
 2. exact k* against the authors' algorithm at N = 10,000, D = 512: the numpy form of their notebook (scipy ``cdist``,
    full ``argsort`` of every row, first differing label) and the same algorithm in torch (``torch.cdist``,
    ``argsort``, first differing label), each in its own process (speed-up and peak memory).
-3. ANN (exact verification of candidates from the pynndescent graph and sampled rows' nearest foreign samples shared
-   by k-means cells, or, on wide features with no projection where the CPU has int8 products, from the int8 scan)
+3. ANN (exact verification of candidates from the int8 scan on features >= 64 wide where the CPU has AVX512-VNNI or
+   AMX, else from the pynndescent graph and sampled rows' nearest foreign samples shared by k-means cells)
    against the exact path at N = 200,000, D = 128, 10 classes:
    (a) Gaussian classes in a 16-d subspace of 128-d plus small noise; (b) isotropic 128-d Gaussian classes, the worst
    case for any neighbour graph. Goal: >= 99% identical (audit and all samples) and >= 2x faster. Each ANN line is

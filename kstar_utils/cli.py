@@ -43,8 +43,9 @@ def _add_compute(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--metric", choices=["euclidean", "cosine"], default="euclidean",
                    help="distance: euclidean, or cosine (rows L2-normalised, then euclidean)")
     p.add_argument("--method", choices=["auto", "exact", "ann"], default="auto",
-                   help=f"exact search, pynndescent + exact verification (its numba code compiles on a process's "
-                        f"first use in every process, about a minute), or auto (exact while N^2*D <= "
+                   help=f"exact search, ANN: candidates (the int8 scan, or the pynndescent graph whose numba code "
+                        f"compiles on its first use in every process, about a minute) + exact verification, or auto "
+                        f"(exact while N^2*D <= "
                         f"{AUTO_ANN_MIN_WORK:.0e}; up to {AUTO_EXACT_MAX_WORK:.0e} ANN only for features of low "
                         f"intrinsic dimension, or where the int8 scan runs)")
     p.add_argument("--threshold", type=float, default=0.5, help="pattern threshold t: Fractured > t, Clustered < -t")
@@ -53,9 +54,9 @@ def _add_compute(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n-neighbors", type=int, default=DEFAULT_N_NEIGHBORS, help="ANN graph neighbours per sample")
     p.add_argument("--audit-size", type=int, default=DEFAULT_AUDIT_SIZE, help="ANN: samples re-checked exactly")
     p.add_argument("--candidates", choices=["auto", "graph", "int8-scan"], default="auto",
-                   help="ANN candidates: auto (the pynndescent graph and sampled rows; the int8 scan of every foreign "
-                        "pair for features >= 64 wide on a CPU with AVX512-VNNI or AMX), "
-                        "graph, or int8-scan (CPU only)")
+                   help="ANN candidates: auto (the int8 scan of every foreign pair for features >= 64 wide on a CPU "
+                        "with AVX512-VNNI or AMX, else the pynndescent graph and sampled rows), graph, or int8-scan "
+                        "(CPU only)")
     p.add_argument("--seed", type=int, default=0, help="ANN graph, audit and bootstrap seed")
     p.add_argument("--bootstrap", type=int, default=0,
                    help="bootstrap replicates for 95%% intervals of Gamma and Gamma' (samples resampled within each "

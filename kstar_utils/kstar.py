@@ -21,16 +21,16 @@ samples, proposed two ways:
   on random rows shows that ranking keeping the nearest foreign sample near its top; each row then takes the nearest
   in full of its ``PROJECTED_TOP`` first, and the recall checks measure what that misses.
   ``params["candidate_dims"]`` says which space was used (D: the full one).
-* or, in place of both, the *int8 scan*, for features at least ``LOW_PRECISION_MIN_DIMS`` (64) wide on a CPU that
+* or, in place of both, the *int8 scan* (an exhaustive quantised pass, not a sublinear index), for features at least ``LOW_PRECISION_MIN_DIMS`` (64) wide on a CPU that
   multiplies int8 natively (AVX512-VNNI or AMX): the centred rows are rounded to int8 codes, every foreign pair is
   scored once by its codes' exact integer distance (``torch._int_mm`` tiles, each reduced for its rows and its
   columns), and each sample's two nearest by code are its candidates. Measured at N = 200,000, D = 128: 2.7 to 3.6
   times faster than exact on 10 isotropic classes (99.93% identical), where the graph finds few nearest foreign
   samples (1.3x to 1.5x, 97.9%), and 2.7 to 4.1 times on classes in a 16-d subspace (99.99%), where the graph and
   the projection reach 1.9x to 2.5x (99.19%); at N = 400,000 on the latter, 47 s against the graph's 61 s. ``candidates="graph"`` or
-  ``"int8-scan"`` forces either source; ``params["candidate_source"]`` says which ran. Without int8 products, a
-  large problem with no projection ranks the sampled rows' searches in bfloat16 where the CPU multiplies that
-  natively (``params["candidate_precision"]``: "int8", "bfloat16" or "float32").
+  ``"int8-scan"`` forces either source; ``params["candidate_source"]`` says which ran. Where the graph runs instead
+  (``candidates="graph"``, or a CPU with native bfloat16 but, as torch reports it, no int8 products), a large problem
+  with no projection ranks the sampled rows' searches in bfloat16 where the CPU multiplies that natively (``params["candidate_precision"]``: "int8", "bfloat16" or "float32").
 Then
 * every candidate distance is computed exactly (float64 direct form), so r_p is never underestimated; a sample with
   no candidate at all gets the exact search;
@@ -271,8 +271,8 @@ class KStarResult:
 def choose_method(n: int, dim: int, method: str = "auto") -> str:
     """Resolve ``auto`` by the work N^2 * D: "exact" up to AUTO_ANN_MIN_WORK, "ann" above it. Up to
     AUTO_EXACT_MAX_WORK that ANN is conditional for features wider than AUTO_NARROW_DIMS
-    (:func:`projection_required`): it runs only when they have a projection to search candidates in, and otherwise
-    :func:`compute_kstar` computes exact k*."""
+    (:func:`projection_required`): it runs only where the int8 scan runs or the features have a projection to search
+    candidates in, and otherwise :func:`compute_kstar` computes exact k*."""
     check_choice("method", method, METHODS)
     if method != "auto":
         return method
@@ -497,8 +497,9 @@ def _ann_exact_search(data, radius: np.ndarray, block_size: int | None) -> int:
 def use_int8_scan(data, candidates: str, dims: int) -> bool:
     """Whether the ANN path takes its candidates from the int8 scan (see the module docstring): always for
     ``candidates="int8-scan"`` (on the CPU; an error elsewhere), never for ``"graph"``; under ``"auto"`` for features at
-    least LOW_PRECISION_MIN_DIMS wide on a CPU with native int8 products, where it was measured faster and more
-    accurate than the graph and sampled rows at every size tried (README, Performance)."""
+    least LOW_PRECISION_MIN_DIMS wide on a CPU with native int8 products, where it was measured faster than the graph
+    and sampled rows at every size tried, and as accurate or more on the synthetic sets (on Fashion-MNIST features
+    99.90% identical against the graph's 99.98%; README, Performance)."""
     if candidates == "graph":
         return False
     if candidates == "int8-scan":
@@ -534,8 +535,8 @@ def _ann_kstar(data, n_neighbors: int, seed: int, n_jobs: int | None, block_size
     their source (:func:`use_int8_scan`).
 
     With ``require_projection`` (``auto`` in the middle sizes, see :func:`projection_required`) features with no
-    projection for the candidates end the ANN work before anything costly: None comes back for k* and for the audit,
-    and ``info["auto_exact_reason"]`` says why.
+    projection for the candidates, where the int8 scan does not run either, end the ANN work before anything costly:
+    None comes back for k* and for the audit, and ``info["auto_exact_reason"]`` says why.
 
     The audit rows are drawn first, kept out of the sample, and their exact k* computed before anything else. When
     ``min_identical`` is given (``auto``), each class's audit rows are compared as soon as the class's candidates are
@@ -545,8 +546,8 @@ def _ann_kstar(data, n_neighbors: int, seed: int, n_jobs: int | None, block_size
 
     ``info["ann_phase_seconds"]`` says where the time went: the candidate-space check, the audit rows' exact k*, the
     pynndescent graph and the sampled candidates (with the gated audit) or the int8 scan (likewise), the exact search,
-    the ANN audit and the final verification. The graph, the verification
-    and the audits do not depend on how candidates are found, so exact time over their sum is the most any candidate
+    the ANN audit and the final verification. The graph (where one is built), the verification and the audits do not
+    depend on how the sampled or scanned candidates are found, so exact time over their sum is the most any such
     search could gain here (benchmarks/bench_kstar.py prints it).
     """
     rng = np.random.default_rng(seed)
@@ -715,15 +716,16 @@ def compute_kstar(
     features : array-like or torch.Tensor, (N, D) real
     labels : array-like (N,) of ints or strings; at least two classes
     metric : "euclidean" or "cosine" (rows L2-normalised, then Euclidean)
-    method : "exact", "ann" (pynndescent plus exact verification) or "auto" (by problem size)
+    method : "exact", "ann" (candidates, from the int8 scan or the pynndescent graph, plus exact verification) or
+        "auto" (by problem size)
     threshold : pattern threshold t of SPEC (Fractured > t, Clustered < -t)
     device : "cpu", "cuda", "cuda:1", or None / "auto" for CUDA when available
     block_size : query rows per block (memory grows as block_size x N); default: about 8 MiB of float32
     n_neighbors, seed, n_jobs, audit_size : the ANN path's graph size (>= 2), seed, threads and audit sample size
     bootstrap, bootstrap_seed, confidence : with ``bootstrap`` = B > 0, ``result.intervals`` holds seeded percentile
         intervals of Gamma and Gamma' from B within-class resamples (see :func:`metrics.bootstrap_gamma_intervals`)
-    candidates : where the ANN path finds candidates: "auto" (the pynndescent graph and sampled rows; the int8 scan
-        for features at least 64 wide on a CPU with AVX512-VNNI or AMX), "graph" (always the
+    candidates : where the ANN path finds candidates: "auto" (the int8 scan for features at least 64 wide on a CPU
+        with AVX512-VNNI or AMX, else the pynndescent graph and sampled rows), "graph" (always the
         graph) or "int8-scan" (always the scan; CPU only)
 
     Every numeric option is checked first; a bad value is a KStarInputError naming the option and what it accepts.

@@ -32,8 +32,9 @@ float64 only the comparisons that float32 rounding could have decided wrongly.
 * For the ANN path's candidate search only: ``principal_axes`` and ``projected_coordinates`` give a few-axis layout
   whose distances are lower bounds of the true ones, ``projected_rank`` measures how well it ranks,
   ``bfloat16_ranking_features`` gives a full-space layout in bfloat16 (for CPUs that multiply it natively), and
-  ``nearest_among_projected`` / ``foreign_top_projected`` rank in either and take exact distances of the first few.
-  Nothing in the exact kernel uses them.
+  ``nearest_among_projected`` / ``foreign_top_projected`` rank in either and take exact distances of the first few;
+  ``int8_codes`` and ``int8_two_nearest_foreign`` give the int8 scan (every foreign pair scored once by integer code
+  distance, each sample's two nearest kept). Nothing in the exact kernel uses them.
 """
 
 from __future__ import annotations
@@ -807,7 +808,7 @@ def projected_features(data: ClassSortedFeatures, coordinates: torch.Tensor) -> 
 
 BF16_INNER_PAD = 16  # the bfloat16 ranking rows are padded to a multiple of this (oneDNN's bfloat16 blocking)
 # Narrower features keep the float32 graph and sampled rows: measured here (1,024 x 4,096 tiles), bfloat16 costs 0.20
-# against 0.97 ns per pair at D = 64 and 0.33 against 1.56 at D = 128, and int8 0.14 at either, but at D = 16 the
+# against 0.97 ns per pair at D = 64 and 0.33 against 1.56 at D = 128, and int8 0.14 to 0.2 at either, but at D = 16 the
 # bfloat16 rows are padded to 32 (against 24 in float32), int8 products are bound by writing their int32 results, and
 # narrow features are where the graph works: the gain was not measured there
 LOW_PRECISION_MIN_DIMS = 64
@@ -873,7 +874,7 @@ def native_int8(device: torch.device) -> bool:
     """Whether this device multiplies int8 natively into int32 for the ANN path's scan: a CPU with AVX512-VNNI or AMX
     as torch reports them (a CPU with AVX-VNNI alone is not detected, and keeps the graph), and a torch with
     ``_int_mm``. Measured on a 2-core AMD EPYC with AVX512-VNNI: 0.14 ns per pair at
-    D = 128 against 0.29 in bfloat16 and 1.2 in float32 (1,024 x 1,024 tiles), and the int32 result is exact where a
+    D = 128 against 0.29 in bfloat16 and 1.2 in float32 (1,024 x 1,024 tiles; 1.56 in float32 at 1,024 x 4,096), and the int32 result is exact where a
     bfloat16 product is rounded to 8 bits. CUDA keeps float32 (its exact kernel is fast already)."""
     if torch.device(device).type != "cpu" or not callable(getattr(torch, "_int_mm", None)):
         return False

@@ -1,5 +1,5 @@
 """The ANN path's int8 scan: the two-nearest reduction over int32 tiles, the int8 codes, the scan over every foreign
-pair, and the ANN path that uses it (wide features, no projection, a CPU with native int8 products).
+pair, and the ANN path that uses it (features >= 64 wide on a CPU with native int8 products).
 
 torch._int_mm runs on every CPU (without VNNI through 16-bit pair sums that can saturate full-range codes, hence the
 7-bit codes of ``int8_levels`` there and in these tests), so these tests exercise the scan on any machine; where the
@@ -15,7 +15,7 @@ import torch
 
 from kstar_utils import compute_kstar
 from kstar_utils.errors import KStarInputError
-from kstar_utils.neighbours import int8_codes, int8_two_nearest_foreign, native_int8, sort_by_class
+from kstar_utils.neighbours import int8_codes, int8_levels, int8_two_nearest_foreign, native_int8, sort_by_class
 from kstar_utils.synthetic import gaussian_classes
 from kstar_utils.tile_kernels import TwoNearestInt8
 
@@ -47,7 +47,8 @@ def test_two_nearest_over_tiles_equals_a_brute_force_for_rows_and_columns_alike(
     others, ends with its two nearest foreign samples by code distance, with their exact integer distances."""
     rng = np.random.default_rng(3)
     labels = np.sort(rng.integers(0, 4, 300))
-    codes = rng.integers(-63, 64, size=(300, 24))  # 7-bit: _int_mm is exact for them on any CPU (int8_levels)
+    levels = int8_levels(torch.device("cpu"))  # what the scan uses on this CPU: 127 where int8 is native, else 63
+    codes = rng.integers(-levels, levels + 1, size=(300, 24))
     starts = [int(np.searchsorted(labels, c)) for c in range(4)]
     ends = starts[1:] + [300]
     values, indices = _scan_tiles(codes, starts, ends, rows, cols).result()
@@ -92,8 +93,14 @@ def test_two_nearest_refuses_overlapping_blocks_tiles_that_do_not_fit_and_other_
             best.push(torch.zeros((3, 3), dtype=torch.int32), row0, col0)
     with pytest.raises(TypeError, match="int32"):
         best.push(torch.zeros((2, 2), dtype=torch.float32), 0, 5)
+    q = torch.from_numpy(np.arange(20, dtype=np.int8).reshape(10, 2))
+    best.push(torch._int_mm(q[:3], q[5:8].T), 0, 5)
+    before = best.result()
     best.push(torch.zeros((0, 3), dtype=torch.int32), 0, 5)  # an empty tile changes nothing
-    assert (best.result()[1] == -1).all()
+    after = best.result()
+    np.testing.assert_array_equal(before[0], after[0])
+    np.testing.assert_array_equal(before[1], after[1])
+    assert (after[1][:3, 0] >= 5).all() and (after[1][3:5] == -1).all()
 
 
 def test_int8_codes_scale_clip_and_exact_squared_norms(monkeypatch):
@@ -177,7 +184,7 @@ def test_native_int8_needs_a_cpu_with_vnni_or_amx(monkeypatch):
 
 @pytest.mark.slow
 def test_wide_isotropic_features_take_the_int8_scan_instead_of_the_graph(monkeypatch):
-    """Features of 64 dimensions or more with no projection in use, where int8 products are native: the candidates are
+    """Features of 64 dimensions or more, where int8 products are native: the candidates are
     the scan's, no graph is built, k* is never below exact and almost always equal, and the result says so."""
     import kstar_utils.kstar as kstar_module
 
@@ -314,3 +321,14 @@ def test_the_scan_runs_even_where_a_projection_would_be_found(monkeypatch):
     assert ann.params["candidate_source"] == "int8 scan" and ann.params["candidate_dims"] == 64
     exact = compute_kstar(x, y, method="exact")
     assert np.all(ann.kstar >= exact.kstar) and np.mean(ann.kstar == exact.kstar) >= 0.99
+
+
+def test_the_reason_auto_gives_names_what_kept_the_scan_off(monkeypatch):
+    import kstar_utils.kstar as kstar_module
+
+    cpu, cuda = SimpleNamespace(device=torch.device("cpu")), SimpleNamespace(device=torch.device("cuda"))
+    assert "candidates='graph' was asked for" == kstar_module._why_no_scan(cpu, "graph", 128)
+    assert "narrower than 64" in kstar_module._why_no_scan(cpu, "auto", 32)
+    assert "wider than 32768" in kstar_module._why_no_scan(cpu, "auto", 40_000)
+    assert "this run on cuda" in kstar_module._why_no_scan(cuda, "auto", 128)
+    assert "no native int8 products" in kstar_module._why_no_scan(cpu, "auto", 128)

@@ -172,6 +172,7 @@ def test_auto_in_the_middle_sizes_runs_ann_only_for_features_of_low_intrinsic_di
     auto = compute_kstar(iso_x, iso_y, method="auto", n_jobs=1, audit_size=200)
     assert auto.method == "exact" and auto.audit is None and auto.params["candidate_dims"] == 64
     assert "high intrinsic dimension" in auto.params["auto_exact_reason"] and "ann_fallback" not in auto.params
+    assert "this CPU has no native int8 products" in auto.params["auto_exact_reason"]
     np.testing.assert_array_equal(auto.kstar, compute_kstar(iso_x, iso_y, method="exact").kstar)
     np.save(tmp_path / "x.npy", iso_x)
     np.save(tmp_path / "y.npy", iso_y)
