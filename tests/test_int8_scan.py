@@ -143,14 +143,17 @@ def test_int8_levels_follow_the_cpu(monkeypatch):
     assert neighbours.int8_levels(torch.device("cpu")) == 63
 
 
-def test_the_scan_finds_each_rows_two_nearest_foreign_codes_in_tiles_of_any_shape(monkeypatch):
+@pytest.mark.parametrize("dim", [64, 80])  # the narrow tiles (at most 64 features) and the wide ones
+def test_the_scan_finds_each_rows_two_nearest_foreign_codes_in_tiles_of_any_shape(monkeypatch, dim):
     """int8_two_nearest_foreign over the class-sorted layout, with classes split over several row and column tiles,
     equals a brute force over the same codes; class_done sees each class once its rows are final, and can stop."""
     import kstar_utils.neighbours as neighbours
 
-    monkeypatch.setattr(neighbours, "SCAN_TILE_ROWS", 7)
-    monkeypatch.setattr(neighbours, "SCAN_TILE_COLUMNS", 5)
-    x, y = gaussian_classes(400, 64, 3, separation=0.5, seed=2)
+    sizes = {"NARROW_SCAN_TILE_ROWS": 7, "NARROW_SCAN_TILE_COLUMNS": 5} if dim <= 64 else \
+        {"SCAN_TILE_ROWS": 7, "SCAN_TILE_COLUMNS": 5}
+    for name, value in sizes.items():
+        monkeypatch.setattr(neighbours, name, value)
+    x, y = gaussian_classes(400, dim, 3, separation=0.5, seed=2)
     data = sort_by_class(x, y, torch.device("cpu"))
     codes = int8_codes(data, 63).codes.numpy()
     want_values, want = _brute_two_nearest(codes, data.codes)
