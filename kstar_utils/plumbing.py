@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 from contextlib import contextmanager
@@ -269,12 +270,54 @@ def cpu_rounding() -> str:
 
 
 def usable_cpus() -> int:
-    """The cores this process may run on (its CPU affinity, which ``taskset`` and cgroup cpusets such as
-    ``docker --cpuset-cpus`` narrow; a CPU *quota* such as ``--cpus`` does not show here), not the host's: on 2
-    allowed cores of 16, sizing workers by ``os.cpu_count()`` started 8 workers of 2 threads each."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return os.cpu_count() or 1
+    """The cores this process may use, not the host's: its CPU affinity (which ``taskset`` and cgroup cpusets such as
+    ``docker --cpuset-cpus`` narrow), and no more than a cgroup CPU quota allows (``docker --cpus``, Kubernetes CPU
+    limits: :func:`cgroup_cpu_quota`, rounded up). On 2 allowed cores of 16, sizing workers by ``os.cpu_count()``
+    started 8 workers of 2 threads each."""
+    cores = max(1, len(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    quota = cgroup_cpu_quota()
+    return max(1, min(cores, math.ceil(quota))) if quota is not None else cores
+
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+PROC_CGROUP = Path("/proc/self/cgroup")
+
+
+def cgroup_cpu_quota(root: Path | None = None, proc_cgroup: Path | None = None) -> float | None:
+    """CPUs' worth of time this process's cgroup may use (quota / period), or None where no quota is set or none can
+    be read (no cgroups: macOS, Windows). cgroup v2 reads ``cpu.max`` ("max 100000" is no quota), v1
+    ``cpu.cfs_quota_us`` over ``cpu.cfs_period_us`` (-1 is no quota), in the process's own cgroup (from
+    ``/proc/self/cgroup``) and at the root of the mount, as containers see it; the smallest quota found wins."""
+    root = CGROUP_ROOT if root is None else Path(root)
+    proc_cgroup = PROC_CGROUP if proc_cgroup is None else Path(proc_cgroup)
+    v2_paths, v1_paths = [""], [""]
+    try:
+        for line in proc_cgroup.read_text().splitlines():
+            _, controllers, path = line.split(":", 2)
+            if controllers == "":
+                v2_paths.append(path.lstrip("/"))
+            elif "cpu" in controllers.split(","):
+                v1_paths.append(path.lstrip("/"))
+    except (OSError, ValueError):
+        pass
+    quotas = []
+    for path in dict.fromkeys(v2_paths):
+        try:
+            limit, period = (root / path / "cpu.max").read_text().split()[:2]
+            if limit != "max" and float(period) > 0:
+                quotas.append(float(limit) / float(period))
+        except (OSError, ValueError):
+            continue
+    for folder in ("cpu", "cpu,cpuacct", "cpuacct,cpu"):
+        for path in dict.fromkeys(v1_paths):
+            try:
+                limit = float((root / folder / path / "cpu.cfs_quota_us").read_text())
+                period = float((root / folder / path / "cpu.cfs_period_us").read_text())
+            except (OSError, ValueError):
+                continue
+            if limit > 0 and period > 0:
+                quotas.append(limit / period)
+    return min(quotas) if quotas else None
 
 
 def cuda_device_count() -> int:

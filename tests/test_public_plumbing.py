@@ -509,6 +509,7 @@ def test_usable_cpus_counts_the_cores_this_process_may_run_on(monkeypatch):
     """Containers and taskset narrow the affinity: that, not the host's core count, sizes workers and threads."""
     from kstar_utils import plumbing
 
+    monkeypatch.setattr(plumbing, "cgroup_cpu_quota", lambda: None)  # this machine's own quota, if any, aside
     monkeypatch.setattr(os, "cpu_count", lambda: 16)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 5}, raising=False)
     assert plumbing.usable_cpus() == 2
@@ -516,3 +517,46 @@ def test_usable_cpus_counts_the_cores_this_process_may_run_on(monkeypatch):
     assert plumbing.usable_cpus() == 16
     monkeypatch.setattr(os, "cpu_count", lambda: None)
     assert plumbing.usable_cpus() == 1
+
+
+def test_usable_cpus_follows_a_cgroup_cpu_quota(monkeypatch):
+    """docker --cpus 1.5 on 16 allowed cores: 2 usable (the quota rounded up); no quota: the affinity alone."""
+    from kstar_utils import plumbing
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    monkeypatch.setattr(plumbing, "cgroup_cpu_quota", lambda: 1.5)
+    assert plumbing.usable_cpus() == 2
+    monkeypatch.setattr(plumbing, "cgroup_cpu_quota", lambda: 0.2)
+    assert plumbing.usable_cpus() == 1
+    monkeypatch.setattr(plumbing, "cgroup_cpu_quota", lambda: 64.0)  # a quota above the cores changes nothing
+    assert plumbing.usable_cpus() == 16
+    monkeypatch.setattr(plumbing, "cgroup_cpu_quota", lambda: None)
+    assert plumbing.usable_cpus() == 16
+
+
+def test_cgroup_cpu_quota_reads_v2_and_v1_files(tmp_path):
+    """v2: cpu.max in the process's cgroup or at the root ("max" is no quota); v1: cfs_quota_us / cfs_period_us
+    (-1 is no quota); the smallest quota wins; nothing readable gives None."""
+    from kstar_utils.plumbing import cgroup_cpu_quota
+
+    proc = tmp_path / "cgroup"
+    root = tmp_path / "fs"
+    (root / "kube" / "pod1").mkdir(parents=True)
+    proc.write_text("0::/kube/pod1\n")
+    (root / "cpu.max").write_text("max 100000\n")
+    assert cgroup_cpu_quota(root, proc) is None
+    (root / "kube" / "pod1" / "cpu.max").write_text("250000 100000\n")
+    assert cgroup_cpu_quota(root, proc) == 2.5
+    (root / "cpu.max").write_text("150000 100000\n")
+    assert cgroup_cpu_quota(root, proc) == 1.5  # the smallest
+    v1 = tmp_path / "v1"
+    (v1 / "cpu,cpuacct" / "docker" / "abc").mkdir(parents=True)
+    proc.write_text("4:cpu,cpuacct:/docker/abc\n3:memory:/docker/abc\n")
+    (v1 / "cpu,cpuacct" / "docker" / "abc" / "cpu.cfs_quota_us").write_text("-1\n")
+    (v1 / "cpu,cpuacct" / "docker" / "abc" / "cpu.cfs_period_us").write_text("100000\n")
+    assert cgroup_cpu_quota(v1, proc) is None
+    (v1 / "cpu,cpuacct" / "docker" / "abc" / "cpu.cfs_quota_us").write_text("300000\n")
+    assert cgroup_cpu_quota(v1, proc) == 3.0
+    assert cgroup_cpu_quota(tmp_path / "missing", tmp_path / "missing-proc") is None
+    (v1 / "cpu,cpuacct" / "docker" / "abc" / "cpu.cfs_quota_us").write_text("garbage\n")
+    assert cgroup_cpu_quota(v1, proc) is None
