@@ -40,6 +40,7 @@ float64 only the comparisons that float32 rounding could have decided wrongly.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from dataclasses import dataclass
 from collections.abc import Callable
@@ -878,15 +879,35 @@ NARROW_SCAN_TILE_COLUMNS = 512
 
 def native_int8(device: torch.device) -> bool:
     """Whether this device multiplies int8 natively into int32 for the ANN path's scan: a CPU with AVX512-VNNI or AMX
-    as torch reports them (a CPU with AVX-VNNI alone is not detected, and keeps the graph), and a torch with
-    ``_int_mm``. Measured on a 2-core AMD EPYC with AVX512-VNNI: 0.14 ns per pair at
-    D = 128 against 0.29 in bfloat16 and 1.2 in float32 (1,024 x 1,024 tiles; 1.56 in float32 at 1,024 x 4,096), and the int32 result is exact where a
-    bfloat16 product is rounded to 8 bits. CUDA keeps float32 (its exact kernel is fast already)."""
+    as torch reports them (a CPU with AVX-VNNI alone is not detected, and keeps the graph), and a torch whose
+    ``_int_mm`` runs and gives the exact products of full-range codes (:func:`int8_products_exact`). Measured on a
+    2-core AMD EPYC with AVX512-VNNI: 0.14 ns per pair at D = 128 against 0.29 in bfloat16 and 1.2 in float32 (1,024 x
+    1,024 tiles; 1.56 in float32 at 1,024 x 4,096), and the int32 result is exact where a bfloat16 product is rounded
+    to 8 bits. CUDA keeps float32 (its exact kernel is fast already)."""
     if torch.device(device).type != "cpu" or not callable(getattr(torch, "_int_mm", None)):
         return False
     cpu = getattr(torch, "cpu", None)
     checks = [getattr(cpu, name, None) for name in ("_is_vnni_supported", "_is_amx_tile_supported")]
-    return any(bool(check()) for check in checks if callable(check))
+    return any(bool(check()) for check in checks if callable(check)) and int8_products_exact()
+
+
+@functools.lru_cache(maxsize=1)
+def int8_products_exact() -> bool:
+    """Whether ``torch._int_mm`` runs on this CPU and returns the exact int32 products of codes in [-127, 127], the
+    extremes included (checked once per process on a 64 x 256 by 256 x 48 product: a build without the kernel, or a
+    CPU that saturates 16-bit pair sums, makes the scan fall back to the graph instead of failing or ranking badly)."""
+    if not callable(getattr(torch, "_int_mm", None)):
+        return False
+    rng = np.random.default_rng(0)
+    a = rng.integers(-127, 128, size=(64, 256)).astype(np.int8)
+    b = rng.integers(-127, 128, size=(256, 48)).astype(np.int8)
+    a[0], b[:, 0] = 127, 127  # a row and a column at the extreme: the largest sums
+    a[1], b[:, 1] = -127, -127
+    try:
+        got = torch._int_mm(torch.from_numpy(a), torch.from_numpy(b)).numpy()
+    except (RuntimeError, NotImplementedError):
+        return False
+    return bool(np.array_equal(got.astype(np.int64), a.astype(np.int64) @ b.astype(np.int64)))
 
 
 @dataclass

@@ -173,6 +173,9 @@ def test_the_scan_finds_each_rows_two_nearest_foreign_codes_in_tiles_of_any_shap
 
 
 def test_native_int8_needs_a_cpu_with_vnni_or_amx(monkeypatch):
+    import kstar_utils.neighbours as neighbours
+
+    monkeypatch.setattr(neighbours, "int8_products_exact", lambda: True)  # what this host's _int_mm gives aside
     monkeypatch.setattr(torch.cpu, "_is_vnni_supported", lambda: True, raising=False)
     assert native_int8(torch.device("cpu"))
     assert not native_int8(torch.device("meta"))
@@ -335,3 +338,31 @@ def test_the_reason_auto_gives_names_what_kept_the_scan_off(monkeypatch):
     assert "wider than 32768" in kstar_module._why_no_scan(cpu, "auto", 40_000)
     assert "this run on cuda" in kstar_module._why_no_scan(cuda, "auto", 128)
     assert "no native int8 products" in kstar_module._why_no_scan(cpu, "auto", 128)
+
+
+def test_int8_products_are_checked_once_for_exactness(monkeypatch):
+    """A torch whose _int_mm is missing, raises, or saturates gives False (the scan then stays off under auto); an
+    exact one gives True. The check is cached per process."""
+    import kstar_utils.neighbours as neighbours
+
+    exact = lambda a, b: (a.to(torch.int64) @ b.to(torch.int64)).to(torch.int32)  # noqa: E731
+
+    def saturating(a, b):
+        return exact(a, b).clamp(-32768, 32767)
+
+    def failing(a, b):
+        raise RuntimeError("no int8 kernel in this build")
+
+    try:
+        for fake, want in ((exact, True), (saturating, False), (failing, False)):
+            neighbours.int8_products_exact.cache_clear()
+            monkeypatch.setattr(torch, "_int_mm", fake)
+            assert neighbours.int8_products_exact() is want
+        neighbours.int8_products_exact.cache_clear()
+        monkeypatch.delattr(torch, "_int_mm")
+        assert neighbours.int8_products_exact() is False
+        monkeypatch.setattr(torch.cpu, "_is_vnni_supported", lambda: True, raising=False)
+        assert not native_int8(torch.device("cpu"))  # VNNI reported, but no usable _int_mm
+    finally:
+        monkeypatch.undo()
+        neighbours.int8_products_exact.cache_clear()
