@@ -6,9 +6,10 @@ uses them from here."""
 # With the graph and sampled rows, ANN / exact on data (a) (Gaussian classes in a 16-d subspace of 128-d), one run each
 # on 2026-11-30: 0.60x at N = 25,000, 0.64x at 50,000, 1.09x at 100,000, 1.51x at 150,000 and 1.82x at 200,000: the
 # crossover is near N^2 * D = 1.2e12, and on isotropic classes (data (b)) that path is slower or fails its audit.
-# With the int8 scan (2026-12-01, a CPU with AVX512-VNNI; it runs on any features >= 64 wide there), on (a): 1.73x to
-# 1.99x at N = 25,000, 2.17x to 2.53x at 50,000, 3.13x at 100,000, 3.17x at 150,000 and 2.7x to 4.1x at 200,000; on
-# (b) 2.43x to 3.21x at 150,000 and 2.7x to 3.6x at 200,000: there ANN wins at every size measured, from N = 25,000. AUTO_ANN_MIN_WORK stays at 2e12 (N = 125,000 at D = 128) all the same: below it exact k* takes about
+# With the int8 scan (2026-12-01, a CPU with AVX512-VNNI; it runs on any features >= 64 wide there), on (a): 1.62x to
+# 1.99x at N = 25,000, 2.17x to 2.58x at 50,000, 3.00x to 3.13x at 100,000, 3.17x to 3.21x at 150,000 and 2.7x to 4.1x
+# at 200,000; on (b) 2.43x to 3.21x at 150,000 and 2.7x to 3.6x at 200,000: there ANN wins at every size measured,
+# from N = 25,000. AUTO_ANN_MIN_WORK stays at 2e12 (N = 125,000 at D = 128) all the same: below it exact k* takes about
 # 13 s or less here, and "auto" keeps the exact answer where it is that cheap rather than trade it for a 99.9% one to
 # save a few seconds; machines without int8 products keep the graph's crossover too.
 # Between AUTO_ANN_MIN_WORK and AUTO_EXACT_MAX_WORK "auto" runs ANN only where it was measured faster than exact:
