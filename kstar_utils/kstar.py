@@ -21,16 +21,18 @@ samples, proposed two ways:
   on random rows shows that ranking keeping the nearest foreign sample near its top; each row then takes the nearest
   in full of its ``PROJECTED_TOP`` first, and the recall checks measure what that misses.
   ``params["candidate_dims"]`` says which space was used (D: the full one).
-* or, in place of both, the *int8 scan* (an exhaustive quantised pass, not a sublinear index), for features at least ``LOW_PRECISION_MIN_DIMS`` (64) wide on a CPU that
-  multiplies int8 natively (AVX512-VNNI or AMX): the centred rows are rounded to int8 codes, every foreign pair is
-  scored once by its codes' exact integer distance (``torch._int_mm`` tiles, each reduced for its rows and its
-  columns), and each sample's two nearest by code are its candidates. Measured at N = 200,000, D = 128: 2.7 to 3.6
-  times faster than exact on 10 isotropic classes (99.93% identical), where the graph finds few nearest foreign
-  samples (1.3x to 1.5x, 97.9%), and 2.7 to 4.1 times on classes in a 16-d subspace (99.99%), where the graph and
-  the projection reach 1.9x to 2.5x (99.19%); at N = 400,000 on the latter, 47 s against the graph's 61 s. ``candidates="graph"`` or
-  ``"int8-scan"`` forces either source; ``params["candidate_source"]`` says which ran. Where the graph runs instead
-  (``candidates="graph"``, or a CPU with native bfloat16 but, as torch reports it, no int8 products), a large problem
-  with no projection ranks the sampled rows' searches in bfloat16 where the CPU multiplies that natively (``params["candidate_precision"]``: "int8", "bfloat16" or "float32").
+* or, in place of both, the *int8 scan* (an exhaustive quantised pass, not a sublinear index), for features at least
+  ``LOW_PRECISION_MIN_DIMS`` (64) wide on a CPU that multiplies int8 natively (AVX512-VNNI or AMX): the centred rows
+  are rounded to int8 codes, every foreign pair is scored once by its codes' exact integer distance (``torch._int_mm``
+  tiles, each reduced for its rows and its columns), and each sample's two nearest by code are its candidates.
+  Measured at N = 200,000, D = 128: 2.7 to 3.6 times faster than exact on 10 isotropic classes (99.93% identical),
+  where the graph finds few nearest foreign samples (1.3x to 1.5x, 97.9%), and 2.7 to 4.1 times on classes in a 16-d
+  subspace (99.99%), where the graph and the projection reach 1.9x to 2.5x (99.19%); at N = 400,000 on the latter,
+  47 s against the graph's 61 s. ``candidates="graph"`` or ``"int8-scan"`` forces either source;
+  ``params["candidate_source"]`` says which ran. Where the graph runs instead (``candidates="graph"``, or a CPU with
+  native bfloat16 but, as torch reports it, no int8 products), a large problem with no projection ranks the sampled
+  rows' searches in bfloat16 where the CPU multiplies that natively (``params["candidate_precision"]``: "int8",
+  "bfloat16" or "float32").
 Then
 * every candidate distance is computed exactly (float64 direct form), so r_p is never underestimated; a sample with
   no candidate at all gets the exact search;
@@ -44,9 +46,9 @@ The only possible error is a missed nearest foreign neighbour (r_p too large, so
 often that happens. ``method="auto"`` picks exact while N^2 * D <= ``AUTO_ANN_MIN_WORK``. Up to
 ``AUTO_EXACT_MAX_WORK`` it runs ANN only where it was measured faster: features at most ``AUTO_NARROW_DIMS`` wide,
 features with a projection found by the candidate-space check, and, where the int8 scan runs, any features
-(otherwise exact, recorded as ``params["auto_exact_reason"]``). Above it, ANN runs on any features. The thresholds were measured with
-``benchmarks/bench_kstar.py`` (see ``kstar_utils/defaults.py``). Under ``auto`` the audit is checked class by class,
-and the ANN work stops as soon as the audit is sure to fail.
+(otherwise exact, recorded as ``params["auto_exact_reason"]``). Above it, ANN runs on any features. The thresholds
+were measured with ``benchmarks/bench_kstar.py`` (see ``kstar_utils/defaults.py``). Under ``auto`` the audit is
+checked class by class, and the ANN work stops as soon as the audit is sure to fail.
 """
 
 from __future__ import annotations
@@ -91,7 +93,8 @@ from .neighbours import (
     sort_by_class,
 )
 from .tile_kernels import TwoNearestInt8
-from .validation import CANDIDATE_SOURCES, MAX_SEED, METHODS, check_choice, check_count, check_fraction, check_inputs, check_number
+from .validation import (CANDIDATE_SOURCES, MAX_SEED, METHODS, check_choice, check_count, check_fraction, check_inputs,
+                         check_number)
 
 # Below this fraction of identical k* in the audit, "auto" discards the ANN result and computes exact k*, and "ann"
 # warns: isotropic high-dimensional classes have few shared nearest foreign samples (see README, Performance).
