@@ -23,7 +23,8 @@ EXIT_USER_ERROR = 2
 
 
 def _add_compute(sub: argparse._SubParsersAction) -> None:
-    from .defaults import AUTO_ANN_MIN_WORK, AUTO_EXACT_MAX_WORK, DEFAULT_AUDIT_SIZE, DEFAULT_N_NEIGHBORS
+    from .defaults import (AUTO_ANN_MIN_WORK, AUTO_EXACT_MAX_WORK, CANDIDATE_SOURCES, DEFAULT_AUDIT_SIZE,
+                           DEFAULT_N_NEIGHBORS)
 
     p = sub.add_parser(
         "compute",
@@ -53,7 +54,7 @@ def _add_compute(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--block-size", type=int, default=None, help="query rows per block (memory ~ block x N x 4 bytes)")
     p.add_argument("--n-neighbors", type=int, default=DEFAULT_N_NEIGHBORS, help="ANN graph neighbours per sample")
     p.add_argument("--audit-size", type=int, default=DEFAULT_AUDIT_SIZE, help="ANN: samples re-checked exactly")
-    p.add_argument("--candidates", choices=["auto", "graph", "int8-scan"], default="auto",
+    p.add_argument("--candidates", choices=list(CANDIDATE_SOURCES), default="auto",
                    help="ANN candidates: auto (the int8 scan of every foreign pair for features >= 64 wide on a CPU "
                         "with AVX512-VNNI or AMX, else the pynndescent graph and sampled rows), graph, or int8-scan "
                         "(CPU only)")

@@ -30,3 +30,5 @@ AUTO_EXACT_MAX_WORK = 2.0e13
 # others): 15 neighbours did that at N = 200,000 in half the time of 30 (benchmarks/bench_kstar.py, README).
 DEFAULT_N_NEIGHBORS = 15
 DEFAULT_AUDIT_SIZE = 1000
+# How the ANN path finds candidates (kstar.compute_kstar's ``candidates``, kstar compute --candidates).
+CANDIDATE_SOURCES = ("auto", "graph", "int8-scan")

@@ -68,8 +68,8 @@ import pandas as pd
 import torch
 
 from . import metrics
-from .defaults import (AUTO_ANN_MIN_WORK, AUTO_EXACT_MAX_WORK, AUTO_NARROW_DIMS, DEFAULT_AUDIT_SIZE,
-                       DEFAULT_N_NEIGHBORS)
+from .defaults import (AUTO_ANN_MIN_WORK, AUTO_EXACT_MAX_WORK, AUTO_NARROW_DIMS, CANDIDATE_SOURCES,
+                       DEFAULT_AUDIT_SIZE, DEFAULT_N_NEIGHBORS)
 from .errors import ANNAccuracyWarning, KStarInputError  # noqa: F401  (re-exported for callers)
 from .neighbours import (
     LOW_PRECISION_MIN_DIMS,
@@ -93,8 +93,7 @@ from .neighbours import (
     sort_by_class,
 )
 from .tile_kernels import TwoNearestInt8
-from .validation import (CANDIDATE_SOURCES, MAX_SEED, METHODS, check_choice, check_count, check_fraction, check_inputs,
-                         check_number)
+from .validation import MAX_SEED, METHODS, check_choice, check_count, check_fraction, check_inputs, check_number
 
 # Below this fraction of identical k* in the audit, "auto" discards the ANN result and computes exact k*, and "ann"
 # warns: isotropic high-dimensional classes have few shared nearest foreign samples (see README, Performance).
@@ -577,14 +576,14 @@ def _ann_kstar(data, n_neighbors: int, seed: int, n_jobs: int | None, block_size
                   "the graph and sampled rows are no faster than exact")
         return None, None, {"candidate_dims": int(dims), "candidate_precision": None, "ann_phase_seconds": phases,
                             "auto_exact_reason": reason}
-    precision = "int8" if scan else "float32"
-    if (not scan and projected is None and dims >= LOW_PRECISION_MIN_DIMS
-            and float(data.n) ** 2 * dims >= PROJECTION_MIN_WORK and native_bfloat16(data.device)):
-        projected, precision = bfloat16_ranking_features(data), "bfloat16"
     exact_audit = 1 + exact_counts(data, audit_rows, block_size=block_size)[0]
     lap("exact_audit")
     if scan:
         return _scanned_kstar(data, audit_rows, exact_audit, seed, block_size, min_identical, progress, phases, lap)
+    precision = "float32"
+    if (projected is None and dims >= LOW_PRECISION_MIN_DIMS and float(data.n) ** 2 * dims >= PROJECTION_MIN_WORK
+            and native_bfloat16(data.device)):
+        projected, precision = bfloat16_ranking_features(data), "bfloat16"
     radius, settled = _graph_candidates(data, n_neighbors, seed, n_jobs)
     lap("graph")
     gate = _AuditGate(data, audit_rows, exact_audit, min_identical, block_size) if min_identical is not None and size \

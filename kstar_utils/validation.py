@@ -16,7 +16,6 @@ import numpy as np
 
 METRICS = ("euclidean", "cosine")
 METHODS = ("auto", "exact", "ann")
-CANDIDATE_SOURCES = ("auto", "graph", "int8-scan")  # how the ANN path finds candidates (kstar.compute_kstar)
 MIN_CLASS_SIZE_WITHOUT_WARNING = 3
 
 
